@@ -1,0 +1,1 @@
+"""One click command per module; `sase_deploy.cli` assembles them explicitly."""

@@ -1,0 +1,78 @@
+"""What the registry knows about a model: how to build it, what it takes, what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+InputKind = Literal["image", "latent", "noise"]
+Task = Literal["classification", "generation"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. `shape[0]` is the batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    kind: InputKind = "image"
+
+    def with_batch(self, batch: int) -> InputSpec:
+        return InputSpec(self.name, (batch, *self.shape[1:]), self.dtype, self.kind)
+
+    def sample(self, rng: np.random.Generator, batch: int | None = None) -> np.ndarray:
+        """Seeded input: standard normal for latents/noise/images (images are normalised)."""
+        shape = (batch if batch is not None else self.shape[0], *self.shape[1:])
+        return rng.standard_normal(shape).astype(self.dtype)
+
+
+def sample_inputs(
+    specs: tuple[InputSpec, ...], seed: int = 0, batch: int | None = None
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {spec.name: spec.sample(rng, batch) for spec in specs}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw images become model input (used by calibration's image-folder source)."""
+
+    size: tuple[int, int]  # (H, W) fed to the model
+    resize: int | None = None  # shorter side resized to this before a centre crop to `size`
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channel_order: Literal["RGB", "BGR", "L"] = "RGB"
+    scale: float = 1.0 / 255.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture.
+
+    `se_blocks` counts the squeeze-excitation-family blocks the network contains, by kind
+    (`se`, `sle`, `sase`, `spse`, `rgse`, ...): the fusion pass must find exactly these.
+    `inputs_fn`, when set, derives the inputs from the factory keyword arguments (e.g. a
+    generator whose noise is an explicit input).
+    """
+
+    name: str
+    family: str
+    task: Task
+    factory: Callable[..., Any]
+    inputs: tuple[InputSpec, ...]
+    output_names: tuple[str, ...]
+    description: str
+    se_blocks: Mapping[str, int] = field(default_factory=dict)
+    dynamic_batch: bool = True
+    preprocess: Preprocess | None = None
+    source: str = ""  # official code the layout follows, or "reconstruction"
+    inputs_fn: Callable[..., tuple[InputSpec, ...]] | None = None
+
+    def input_specs(self, **model_kwargs: Any) -> tuple[InputSpec, ...]:
+        if self.inputs_fn is not None:
+            return self.inputs_fn(**model_kwargs)
+        return self.inputs
