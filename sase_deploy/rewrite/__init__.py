@@ -1,0 +1,1 @@
+"""SE/SASE subgraph recognition and fusion on ONNX graphs (onnx-graphsurgeon)."""
