@@ -12,6 +12,10 @@ from collections.abc import Sequence
 import click
 
 from sase_deploy import __version__
+from sase_deploy.commands.calibrate import calibrate_command
+from sase_deploy.commands.convert import convert_command
+from sase_deploy.commands.export import export_command
+from sase_deploy.commands.fuse import fuse_command
 from sase_deploy.commands.models import models_command
 from sase_deploy.errors import ParityError, UserError
 
@@ -23,6 +27,10 @@ def cli() -> None:
 
 
 cli.add_command(models_command)
+cli.add_command(export_command)
+cli.add_command(calibrate_command)
+cli.add_command(convert_command)
+cli.add_command(fuse_command)
 
 
 def _one_line(message: str) -> str:

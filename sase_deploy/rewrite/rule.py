@@ -24,6 +24,10 @@ class Match:
     `eca`, `cbam_channel`, `se_like`) or None for rules that do not find blocks (cleanup).
     `anchor` names the node that identifies the match (stable across runs), `nodes` are the
     nodes the rewrite replaces, `captures` whatever the rewrite needs (tensors, constants).
+    `block_output` names the tensor that holds the block's result (the gate Mul's output for
+    SE-family gates, `xb * style` for SASE); rewrites keep that name, and the driver counts a
+    block once per `block_output` over the whole pass (the first rule in the tuple that reports
+    it names its kind), so a block that several rules touch is not counted twice.
     """
 
     rule: str
@@ -31,6 +35,7 @@ class Match:
     kind: str | None = None
     nodes: list[gs.Node] = field(default_factory=list)
     captures: dict[str, Any] = field(default_factory=dict)
+    block_output: str | None = None
 
 
 @dataclass(frozen=True)

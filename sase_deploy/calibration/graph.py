@@ -1,0 +1,255 @@
+"""Read-only graph analysis for precision decisions, by what nodes compute (never by names).
+
+- where TensorRT fuses Q/DQ: inputs of Conv/ConvTranspose/Gemm/MatMul and residual Adds;
+- squeeze-excitation gate paths: nodes that only see globally pooled descriptors and end in a
+  Mul that rescales a full map (SE, SLE, SPSE, SASE's channel branch);
+- the SASE normalisation `Σm + eps` and its division;
+- reductions over large maps (FP16 accumulation risk).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
+REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "ReduceSumSquare")
+SMALL_POOLED_MAP = 4  # AveragePool outputs up to 4x4 count as squeezed descriptors (SPSE/RGSE)
+EPS_LIMIT = 1e-2  # a constant added to a denominator below this is an epsilon
+
+
+def named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose nodes all have unique names (ORT's quantizer selects nodes by name)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    used: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in used:
+            node.name = f"{node.op_type}_{index}"
+        used.add(node.name)
+    return model
+
+
+def with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - analysis degrades to "shape unknown", never fails
+        return model
+
+
+class GraphIndex:
+    """Producers, consumers, constants and static shapes of one graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.constants: dict[str, np.ndarray] = {
+            init.name: numpy_helper.to_array(init) for init in graph.initializer
+        }
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                attr = node.attribute[0]
+                if attr.name == "value":
+                    self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+            for inp in node.input:
+                self.consumers.setdefault(inp, []).append(node)
+        self.shapes: dict[str, tuple[int | None, ...]] = {}
+        for vi in (*graph.input, *graph.value_info, *graph.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                self.shapes[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else None
+                    for d in vi.type.tensor_type.shape.dim
+                )
+        for name, value in self.constants.items():
+            self.shapes[name] = tuple(value.shape)
+
+    def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and i not in self.constants]
+
+    def producer_op(self, tensor: str) -> str | None:
+        node = self.producer.get(tensor)
+        return node.op_type if node is not None else None
+
+
+def _reduce_axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "axes":
+            return list(attr.ints)
+    if len(node.input) > 1 and node.input[1] in index.constants:
+        return [int(a) for a in index.constants[node.input[1]].reshape(-1)]
+    if len(node.input) == 1:
+        return []  # no axes: reduces everything
+    return None
+
+
+def _is_squeeze(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """A global (spatial) pooling: the start of an SE-style descriptor path."""
+    if node.op_type in GLOBAL_POOLS:
+        return True
+    shape = index.shapes.get(node.input[0]) if node.input else None
+    if node.op_type in REDUCTIONS:
+        axes = _reduce_axes(index, node)
+        if axes is None or shape is None:
+            return False
+        rank = len(shape)
+        normalised = {a % rank for a in axes} if axes else set(range(rank))
+        return rank >= 3 and set(range(2, rank)) <= normalised and 0 not in normalised
+    if node.op_type in ("AveragePool", "MaxPool"):
+        out_shape = index.shapes.get(node.output[0])
+        return (
+            out_shape is not None
+            and len(out_shape) == 4
+            and all(d is not None and d <= SMALL_POOLED_MAP for d in out_shape[2:])
+        )
+    return False
+
+
+def gate_path_nodes(model: onnx.ModelProto) -> set[str]:
+    """Nodes that compute an attention gate from pooled descriptors (pool -> MLP -> sigmoid).
+
+    A node belongs when every dynamic input descends from a global pooling and a Mul that
+    rescales a non-pooled tensor is reachable from it through such nodes. The pooling itself and
+    that final Mul are not included (the Mul scales the full map).
+    """
+    index = GraphIndex(model)
+    pooled: set[str] = set()  # tensors computed only from pooled descriptors
+    descriptor_nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:  # graph.node is topologically sorted
+        if _is_squeeze(index, node):
+            pooled.update(node.output)
+            continue
+        inputs = index.dynamic_inputs(node)
+        if inputs and all(i in pooled for i in inputs):
+            pooled.update(node.output)
+            descriptor_nodes.append(node)
+    gates: set[str] = set()
+    reaches_mul: set[str] = set()
+    for node in reversed(model.graph.node):
+        if node.name in {n.name for n in descriptor_nodes}:
+            for out in node.output:
+                for consumer in index.consumers.get(out, []):
+                    ins = index.dynamic_inputs(consumer)
+                    mixes = consumer.op_type == "Mul" and any(i not in pooled for i in ins)
+                    if mixes or any(o in reaches_mul for o in consumer.output):
+                        reaches_mul.update(node.output)
+            if any(o in reaches_mul for o in node.output):
+                gates.add(node.name)
+    return gates
+
+
+def residual_adds(model: onnx.ModelProto) -> set[str]:
+    """Adds of two same-shape activations where one comes from a conv (possibly SE-scaled)."""
+    index = GraphIndex(model)
+
+    def from_conv(tensor: str, depth: int = 0) -> bool:
+        node = index.producer.get(tensor)
+        if node is None or depth > 2:
+            return False
+        if node.op_type in ("Conv", "ConvTranspose"):
+            return True
+        if node.op_type in ("BatchNormalization", "Mul"):
+            return any(from_conv(i, depth + 1) for i in index.dynamic_inputs(node))
+        return False
+
+    result = set()
+    for node in model.graph.node:
+        if node.op_type != "Add":
+            continue
+        inputs = index.dynamic_inputs(node)
+        if len(inputs) != 2:
+            continue
+        shapes = [index.shapes.get(i) for i in inputs]
+        if shapes[0] is not None and shapes[1] is not None and shapes[0] != shapes[1]:
+            continue
+        if any(from_conv(i) for i in inputs):
+            result.add(node.name)
+    return result
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> set[str]:
+    """Where TensorRT wants Q/DQ: weighted ops' inputs and residual adds."""
+    weighted = {n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS}
+    return weighted | residual_adds(model)
+
+
+def normalisation_nodes(model: onnx.ModelProto) -> set[str]:
+    """SASE's `Σ_g m_g / (Σ_g m_g + eps)` denominators: the Div, the eps Add and the Σ chain.
+
+    Found as a Div whose denominator is `X + c` with a tiny constant c, or a ReduceSum/Sum.
+    """
+    index = GraphIndex(model)
+    result: set[str] = set()
+
+    def sum_chain(tensor: str, depth: int = 0) -> None:
+        node = index.producer.get(tensor)
+        if node is None or depth > 64 or node.op_type not in ("Add", "Sum", "ReduceSum"):
+            return
+        result.add(node.name)
+        for inp in index.dynamic_inputs(node):
+            sum_chain(inp, depth + 1)
+
+    for node in model.graph.node:
+        if node.op_type != "Div" or len(node.input) < 2:
+            continue
+        denominator = index.producer.get(node.input[1])
+        if denominator is None:
+            continue
+        eps_add = False
+        if denominator.op_type == "Add":
+            consts = [i for i in denominator.input if i in index.constants]
+            eps_add = len(consts) == 1 and float(np.abs(index.constants[consts[0]]).max()) <= EPS_LIMIT
+        if eps_add or denominator.op_type in ("ReduceSum", "Sum"):
+            result.add(node.name)
+            result.add(denominator.name)
+            for inp in index.dynamic_inputs(denominator):
+                sum_chain(inp)
+    return result
+
+
+def large_reductions(model: onnx.ModelProto, limit: int) -> set[str]:
+    """Reductions/pools that sum more than `limit` elements per output (or an unknown count)."""
+    index = GraphIndex(model)
+    result = set()
+    for node in model.graph.node:
+        if node.op_type not in (*GLOBAL_POOLS, *REDUCTIONS):
+            continue
+        shape = index.shapes.get(node.input[0])
+        count: float
+        if shape is None:
+            count = math.inf
+        elif node.op_type in GLOBAL_POOLS:
+            dims = shape[2:]
+            count = math.inf if any(d is None for d in dims) else math.prod(d for d in dims if d)
+        else:
+            axes = _reduce_axes(index, node)
+            if axes is None:
+                count = math.inf
+            else:
+                picked = [a % len(shape) for a in axes] if axes else range(len(shape))
+                dims = [shape[a] for a in picked]
+                count = math.inf if any(d is None for d in dims) else math.prod(d for d in dims if d)
+        if count > limit:
+            result.add(node.name)
+    return result
+
+
+def producers_of(model: onnx.ModelProto, tensors: Iterable[str]) -> set[str]:
+    index = GraphIndex(model)
+    return {index.producer[t].name for t in tensors if t in index.producer}
+
+
+def float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs and node outputs (the names TensorRT's ONNX parser gives its tensors)."""
+    names = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        names.update(o for o in node.output if o)
+    return names

@@ -1,0 +1,176 @@
+"""Accuracy cost of a precision change, measured on ORT CPU, and `--auto-keep` layer selection.
+
+Metrics (vs the FP32 model on the same feeds):
+- classification: top-1 accuracy in percent when labels are known (`.npz` with `y`), else top-1
+  agreement with FP32; the cost is the drop in points;
+- generation: PSNR in dB of the first output against FP32 (peak = FP32's value range); the cost
+  is measured against a minimum PSNR.
+
+`auto_keep` measures each candidate node's effect alone (only that node lowered), ranks them and
+greedily keeps the most harmful in higher precision until the whole model meets the tolerance.
+ORT's `qdq_loss_debug` compares activations tensor by tensor but not end-task metrics per layer,
+so this search is written here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from sase_deploy.calibration.sources import CalibrationSource
+from sase_deploy.console import progress
+from sase_deploy.engines.ort import OrtRunner
+
+Task = Literal["classification", "generation"]
+
+
+def psnr(ref: np.ndarray, got: np.ndarray) -> float:
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    mse = float(np.mean((ref64 - got64) ** 2))
+    peak = float(ref64.max() - ref64.min()) or 1.0
+    if not np.isfinite(mse):
+        return -math.inf
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+@dataclass
+class Evaluator:
+    """Feeds, their FP32 outputs and the task metric. `score` is higher-is-better."""
+
+    feeds: list[dict[str, np.ndarray]]
+    task: Task
+    labels: np.ndarray | None = None
+    reference: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def from_source(
+        cls,
+        fp32: onnx.ModelProto,
+        source: CalibrationSource,
+        task: Task,
+        samples: int,
+        batch_size: int = 32,
+    ) -> Evaluator:
+        feeds, seen = [], 0
+        for feed in source.batches(batch_size):
+            feeds.append(feed)
+            seen += len(next(iter(feed.values())))
+            if seen >= samples:
+                break
+        labels = source.labels()
+        if labels is not None:
+            labels = np.asarray(labels)[:seen]
+        evaluator = cls(feeds, task, labels if task == "classification" else None)
+        evaluator.reference = evaluator.outputs(fp32)
+        return evaluator
+
+    def outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        runner = OrtRunner(model)
+        with runner:
+            first = runner.output_names[0]
+            return [runner.infer(feed)[first] for feed in self.feeds]
+
+    def score(self, model: onnx.ModelProto) -> float:
+        got = self.outputs(model)
+        if self.task == "generation":
+            return psnr(np.concatenate(self.reference), np.concatenate(got))
+        predicted = np.concatenate([g.reshape(len(g), -1).argmax(1) for g in got])
+        if self.labels is not None:
+            return 100.0 * float(np.mean(predicted == self.labels))
+        expected = np.concatenate([r.reshape(len(r), -1).argmax(1) for r in self.reference])
+        return 100.0 * float(np.mean(predicted == expected))
+
+    def baseline(self) -> float:
+        """The FP32 model's own score (accuracy, 100 % agreement, or infinite PSNR)."""
+        if self.task == "generation":
+            return math.inf
+        if self.labels is None:
+            return 100.0
+        expected = np.concatenate([r.reshape(len(r), -1).argmax(1) for r in self.reference])
+        return 100.0 * float(np.mean(expected == self.labels))
+
+    def meets(self, score: float, tolerance: float) -> bool:
+        """Classification: drop <= tolerance points; generation: PSNR >= tolerance dB."""
+        if self.task == "generation":
+            return score >= tolerance
+        return self.baseline() - score <= tolerance + 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        metric = {
+            "generation": "psnr_db_vs_fp32",
+            "classification": "top1_accuracy_pct" if self.labels is not None else "top1_agreement_pct",
+        }[self.task]
+        return {"metric": metric, "samples": int(sum(len(r) for r in self.reference))}
+
+
+@dataclass
+class AutoKeepResult:
+    tolerance: float
+    metric: str
+    baseline: float
+    all_lowered: float
+    final: float
+    met: bool
+    kept: list[str]
+    per_node: dict[str, float]  # score with only that node lowered
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return None if not math.isfinite(v) else round(v, 4)
+
+        return {
+            "tolerance": self.tolerance,
+            "metric": self.metric,
+            "baseline": clean(self.baseline),
+            "all_lowered": clean(self.all_lowered),
+            "final": clean(self.final),
+            "met": self.met,
+            "kept": self.kept,
+            "per_node": {k: clean(v) for k, v in self.per_node.items()},
+        }
+
+
+def auto_keep(
+    candidates: Iterable[str],
+    build: Callable[[set[str]], onnx.ModelProto],
+    evaluator: Evaluator,
+    tolerance: float,
+) -> AutoKeepResult:
+    """Fewest candidates to keep in high precision so that `build(lowered)` meets `tolerance`.
+
+    `build(lowered)` returns the model with exactly the nodes in `lowered` at low precision.
+    """
+    nodes = sorted(set(candidates))
+    baseline = evaluator.baseline()
+    everything = evaluator.score(build(set(nodes)))
+    per_node: dict[str, float] = {}
+    kept: list[str] = []
+    final = everything
+    if not evaluator.meets(everything, tolerance):
+        with progress() as bar:
+            task = bar.add_task("sensitivity", total=len(nodes))
+            for node in nodes:
+                per_node[node] = evaluator.score(build({node}))
+                bar.advance(task)
+        # most harmful first: lowest score when lowered alone
+        ranked = sorted(nodes, key=lambda n: (per_node[n], n))
+        for count in range(1, len(ranked) + 1):
+            kept = ranked[:count]
+            final = evaluator.score(build(set(nodes) - set(kept)))
+            if evaluator.meets(final, tolerance):
+                break
+    return AutoKeepResult(
+        tolerance=tolerance,
+        metric=evaluator.to_dict()["metric"],
+        baseline=baseline,
+        all_lowered=everything,
+        final=final,
+        met=evaluator.meets(final, tolerance),
+        kept=kept,
+        per_node=per_node,
+    )

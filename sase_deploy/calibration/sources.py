@@ -1,0 +1,336 @@
+"""Calibration data sources: image folders, `.npy`/`.npz` arrays, and generators' latents.
+
+Every source yields feeds (`{input_name: batch}`) for the model it was opened against, checks
+shapes up front and raises `UserError` for bad input (empty folder, unreadable image, shape
+mismatch) before anything is calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from sase_deploy.errors import UserError
+from sase_deploy.models.spec import Preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """A float input of the ONNX graph: name and shape (dynamic dims are None)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype[Any]
+
+
+def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
+    initializers = {init.name for init in model.graph.initializer}
+    result = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tensor_type = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        result.append(GraphInput(vi.name, dims, dtype))
+    return tuple(result)
+
+
+class CalibrationSource(Protocol):
+    """What the calibrators and the sensitivity analysis consume."""
+
+    num_samples: int
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def labels(self) -> np.ndarray | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _check_sample_shape(inp: GraphInput, sample_shape: tuple[int, ...], origin: str) -> None:
+    expected = inp.shape[1:]
+    ok = len(expected) == len(sample_shape) and all(
+        e is None or e == s for e, s in zip(expected, sample_shape, strict=True)
+    )
+    if not ok:
+        want = "x".join("?" if e is None else str(e) for e in expected)
+        got = "x".join(map(str, sample_shape))
+        raise UserError(
+            f"{origin}: samples of shape {got} do not fit model input '{inp.name}' "
+            f"(expects N x {want}); reshape/resize the data or pick the matching model"
+        )
+
+
+@dataclass
+class ArraySource:
+    """In-memory arrays, one per model input, sharing the sample axis 0 (and optional labels)."""
+
+    arrays: dict[str, np.ndarray]
+    origin: str = "arrays"
+    label_array: np.ndarray | None = None
+    num_samples: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        counts = {len(a) for a in self.arrays.values()}
+        if len(counts) != 1:
+            raise UserError(f"{self.origin}: inputs hold different sample counts {sorted(counts)}")
+        self.num_samples = counts.pop()
+        if self.num_samples == 0:
+            raise UserError(f"{self.origin}: holds no samples; provide at least one")
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.num_samples, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+
+    def labels(self) -> np.ndarray | None:
+        return self.label_array
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "arrays", "origin": self.origin, "samples": self.num_samples}
+
+
+def _match_arrays(
+    inputs: Sequence[GraphInput], loaded: Mapping[str, np.ndarray], origin: str
+) -> dict[str, np.ndarray]:
+    """Assign arrays to model inputs: by input name, else `x` / the only array for one input."""
+    result = {}
+    for inp in inputs:
+        if inp.name in loaded:
+            arr = loaded[inp.name]
+        elif len(inputs) == 1 and "x" in loaded:
+            arr = loaded["x"]
+        elif len(inputs) == 1 and len(loaded) == 1:
+            arr = next(iter(loaded.values()))
+        else:
+            raise UserError(
+                f"{origin}: no array for model input '{inp.name}' (found {sorted(loaded)}); "
+                f"name the arrays after the inputs {[i.name for i in inputs]}"
+            )
+        if arr.ndim == len(inp.shape) - 1:  # a single sample without the batch axis
+            arr = arr[None]
+        _check_sample_shape(inp, tuple(arr.shape[1:]), origin)
+        result[inp.name] = np.ascontiguousarray(arr.astype(inp.dtype, copy=False))
+    return result
+
+
+def array_file_source(
+    path: str | os.PathLike[str], inputs: Sequence[GraphInput], samples: int | None = None
+) -> ArraySource:
+    """`.npy` (one input) or `.npz` (arrays named after inputs, or `x`; optional labels `y`)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                loaded = {k: data[k] for k in data.files}
+        else:
+            loaded = {"x": np.load(path, allow_pickle=False)}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read calibration arrays {path}: {exc}") from exc
+    labels = loaded.pop("y", None)
+    arrays = _match_arrays(inputs, loaded, str(path))
+    if samples is not None:
+        arrays = {k: v[:samples] for k, v in arrays.items()}
+        labels = labels[:samples] if labels is not None else None
+    return ArraySource(arrays, origin=str(path), label_array=labels)
+
+
+def _load_image(path: Path, prep: Preprocess) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if prep.channel_order == "L" else "RGB")
+            height, width = prep.size
+            if prep.resize is not None:  # shorter side to `resize`, then centre crop
+                short = min(img.size)
+                factor = prep.resize / short
+                img = img.resize(
+                    (max(width, round(img.size[0] * factor)), max(height, round(img.size[1] * factor))),
+                    Image.Resampling.BILINEAR,
+                )
+                left = (img.size[0] - width) // 2
+                top = (img.size[1] - height) // 2
+                img = img.crop((left, top, left + width, top + height))
+            else:
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot read image {path}: {exc}; remove it from the calibration folder"
+        ) from exc
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if prep.channel_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(prep.mean, dtype=np.float32)[: pixels.shape[2]]
+    std = np.asarray(prep.std, dtype=np.float32)[: pixels.shape[2]]
+    return ((pixels * prep.scale - mean) / std).transpose(2, 0, 1)
+
+
+@dataclass
+class ImageFolderSource:
+    """Images under a folder (recursive, sorted), preprocessed like the model was trained."""
+
+    folder: Path
+    input: GraphInput
+    preprocess: Preprocess
+    files: list[Path]
+    num_samples: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_samples = len(self.files)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.files), batch_size):
+            chunk = self.files[start : start + batch_size]
+            batch = np.stack([_load_image(f, self.preprocess) for f in chunk])
+            yield {self.input.name: batch.astype(self.input.dtype, copy=False)}
+
+    def labels(self) -> np.ndarray | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        p = self.preprocess
+        return {
+            "kind": "image_folder",
+            "origin": str(self.folder),
+            "samples": self.num_samples,
+            "preprocess": {
+                "size": list(p.size),
+                "resize": p.resize,
+                "mean": list(p.mean),
+                "std": list(p.std),
+                "channel_order": p.channel_order,
+                "scale": p.scale,
+            },
+        }
+
+
+def image_folder_source(
+    folder: str | os.PathLike[str],
+    inputs: Sequence[GraphInput],
+    preprocess: Preprocess,
+    samples: int | None = None,
+) -> ImageFolderSource:
+    folder = Path(folder)
+    if len(inputs) != 1:
+        raise UserError(
+            f"an image folder feeds one input, the model has {len(inputs)}; use an .npz instead"
+        )
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(
+            f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...); "
+            "point --data at a folder of images"
+        )
+    if samples is not None:
+        files = files[:samples]
+    channels = 1 if preprocess.channel_order == "L" else 3
+    _check_sample_shape(inputs[0], (channels, *preprocess.size), f"images from {folder}")
+    source = ImageFolderSource(folder, inputs[0], preprocess, files)
+    _load_image(files[0], preprocess)  # fail early, before any calibration work
+    return source
+
+
+@dataclass
+class LatentSource:
+    """Generators: seeded standard-normal latents and noise maps, drawn batch by batch."""
+
+    inputs: tuple[GraphInput, ...]
+    num_samples: int
+    seed: int = 0
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.num_samples, batch_size):
+            n = min(batch_size, self.num_samples - start)
+            feed = {}
+            for inp in self.inputs:
+                if any(d is None for d in inp.shape[1:]):
+                    raise UserError(
+                        f"input '{inp.name}' has dynamic non-batch dims {inp.shape}; "
+                        "export with fixed shapes or calibrate from an .npz"
+                    )
+                shape = (n, *(int(d) for d in inp.shape[1:] if d is not None))
+                feed[inp.name] = rng.standard_normal(shape).astype(inp.dtype)
+            yield feed
+
+    def labels(self) -> np.ndarray | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "latent",
+            "origin": f"normal(0,1) seed={self.seed}",
+            "samples": self.num_samples,
+            "inputs": [i.name for i in self.inputs],
+        }
+
+
+def manifest_model_name(onnx_path: str | os.PathLike[str]) -> str | None:
+    """The registry model named by the export manifest beside `OUT.onnx`, if there is one."""
+    path = Path(onnx_path)
+    manifest = path.with_name(path.name.removesuffix(".onnx") + ".manifest.json")
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, dict) or source.get("kind") != "registry":
+        return None  # a factory path or TorchScript file has no registry defaults
+    model = source.get("model")
+    return model if isinstance(model, str) else None
+
+
+def registry_preprocess(model_name: str | None) -> Preprocess | None:
+    if model_name is None:
+        return None
+    from sase_deploy.models.registry import get_model_spec
+
+    return get_model_spec(model_name).preprocess
+
+
+def open_source(
+    data: str,
+    model: onnx.ModelProto,
+    *,
+    samples: int | None = None,
+    preprocess: Preprocess | None = None,
+    seed: int = 0,
+) -> CalibrationSource:
+    """Open `--data`: a folder of images, a `.npy`/`.npz` file, or `latent[:SEED]`."""
+    inputs = graph_inputs(model)
+    if not inputs:
+        raise UserError("the model has no float inputs to calibrate")
+    if data == "latent" or data.startswith("latent:"):
+        if ":" in data:
+            try:
+                seed = int(data.split(":", 1)[1])
+            except ValueError as exc:
+                raise UserError(f"--data {data}: the seed after 'latent:' must be an integer") from exc
+        return LatentSource(inputs, samples if samples is not None else 64, seed)
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"calibration data {data} does not exist; give a folder, .npy/.npz or 'latent'")
+    if path.is_dir():
+        if preprocess is None:
+            raise UserError(
+                f"no preprocessing known for images in {data}: pass --model NAME (registry "
+                "defaults) or --size/--mean/--std"
+            )
+        return image_folder_source(path, inputs, preprocess, samples)
+    if path.suffix in (".npy", ".npz"):
+        return array_file_source(path, inputs, samples)
+    raise UserError(f"calibration data {data}: expected a folder of images, .npy, .npz or 'latent'")

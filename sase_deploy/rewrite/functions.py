@@ -1,0 +1,120 @@
+"""`--as-functions`: each recognised block becomes one node backed by an ONNX local function.
+
+Netron then shows one `SqueezeExcite` / `SLE` / `ECA` ... node per block, ORT and TensorRT inline
+the function body, and a TensorRT plugin may later claim the op by name. Weights stay in the main
+graph (initializers) and are passed as function inputs, so one function serves every block of
+the same structure (same ops, attributes and wiring); structures that differ get `_2`, `_3`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from sase_deploy.rewrite.gate_analysis import analyse_gate, classify_kind
+from sase_deploy.rewrite.graph_utils import import_graph, opset_version
+
+DOMAIN = "sase_deploy"
+FUNCTION_NAMES = {
+    "se": "SqueezeExcite",
+    "se_like": "SqueezeExcite",
+    "sle": "SLE",
+    "eca": "ECA",
+    "cbam_channel": "CBAMChannel",
+    "spse": "SPSE",
+    "rgse": "RGSE",
+}
+
+
+def _blocks(model: onnx.ModelProto) -> list[tuple[str, list[str], str]]:
+    """(kind, node names in topological order, output tensor) of every clean channel gate."""
+    graph = import_graph(model)
+    blocks = []
+    for node in graph.nodes:
+        analysis = analyse_gate(node) if node.op == "Mul" else None
+        if analysis is None or analysis.problem is not None:
+            continue
+        names = [n.name for n in analysis.nodes] + [node.name]
+        blocks.append((classify_kind(analysis), names, node.outputs[0].name))
+    return blocks
+
+
+def wrap_blocks_as_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Return a copy of `model` with each recognised gate as one custom-domain function node."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    by_name = {n.name: n for n in nodes}
+    opset = opset_version(model)
+    functions: dict[tuple[Any, ...], onnx.FunctionProto] = {}
+    used_names: dict[str, int] = {}
+    replaced: dict[str, onnx.NodeProto] = {}  # name of the block's last node -> call node
+    removed: set[str] = set()
+    counts: dict[str, int] = {}
+    for kind, names, output in _blocks(out):
+        if any(n not in by_name or n in removed for n in names):
+            continue
+        body = [by_name[n] for n in names]
+        produced = {t for n in body for t in n.output}
+        externals: list[str] = []
+        for n in body:
+            for t in n.input:
+                if t and t not in produced and t not in externals:
+                    externals.append(t)
+        local = {t: f"in{i}" for i, t in enumerate(externals)}
+        for i, n in enumerate(body):
+            for j, t in enumerate(n.output):
+                local[t] = "out" if t == output else f"t{i}_{j}"
+        new_body = []
+        for i, n in enumerate(body):
+            copy = helper.make_node(
+                n.op_type,
+                [local.get(t, t) if t else "" for t in n.input],
+                [local[t] for t in n.output],
+                name=f"n{i}",
+                domain=n.domain,
+            )
+            copy.attribute.extend(n.attribute)
+            new_body.append(copy)
+        signature = tuple(node.SerializeToString() for node in new_body) + (len(externals),)
+        if signature not in functions:
+            base = FUNCTION_NAMES.get(kind, "SqueezeExcite")
+            used_names[base] = used_names.get(base, 0) + 1
+            fname = base if used_names[base] == 1 else f"{base}_{used_names[base]}"
+            functions[signature] = helper.make_function(
+                DOMAIN,
+                fname,
+                [f"in{i}" for i in range(len(externals))],
+                ["out"],
+                new_body,
+                [helper.make_opsetid("", opset)],
+            )
+        fname = functions[signature].name
+        counts[fname] = counts.get(fname, 0) + 1
+        call = helper.make_node(fname, externals, [output], name=f"{fname}/{names[-1]}", domain=DOMAIN)
+        replaced[names[-1]] = call
+        removed.update(names)
+    if not replaced:
+        return out, {"functions": {}}
+    new_nodes = []
+    for n in nodes:
+        if n.name in replaced:
+            new_nodes.append(replaced[n.name])
+        elif n.name not in removed:
+            new_nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    out.functions.extend(functions.values())
+    if not any(imp.domain == DOMAIN for imp in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    kept = {vi.name for vi in out.graph.value_info}
+    inner = {t for n in nodes if n.name in removed for t in n.output} - {
+        n.output[0] for n in replaced.values()
+    }
+    if kept & inner:  # value_info of tensors now inside functions would dangle
+        vis = [vi for vi in out.graph.value_info if vi.name not in inner]
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(vis)
+    return out, {"domain": DOMAIN, "functions": dict(sorted(counts.items()))}

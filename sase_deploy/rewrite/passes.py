@@ -1,0 +1,323 @@
+"""The fusion pass driver: apply rule tuples, self-check every batch on ORT CPU, report.
+
+For each rule in order: import the current model into onnx-graphsurgeon, collect the rule's
+matches (and declines with reasons), rewrite them all, clean up, export, and run the result on
+ORT CPU against the *original* model with seeded inputs. If the worst output differs by more
+than `tolerance` (relative to the output's scale), each match is re-applied alone to find the
+offending ones; those are reverted and reported, the rest kept. Graph input/output names and
+shapes never change.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from sase_deploy.errors import UserError
+from sase_deploy.report.compare import compare_outputs, worst_relative
+from sase_deploy.rewrite.graph_utils import export_model, import_graph
+from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rules import DEFAULT_RULES
+
+_NP_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass
+class FuseResult:
+    """The fused model and the JSON-able report (see README `fuse`)."""
+
+    model: onnx.ModelProto
+    report: dict[str, Any]
+
+
+def self_check_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input: standard normal floats, zeros otherwise.
+
+    Dynamic or unknown dims become 1.
+    """
+    rng = np.random.default_rng(seed)
+    initializers = {i.name for i in model.graph.initializer}
+    feed = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        ttype = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        dtype = _NP_DTYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise UserError(
+                f"input '{value.name}' has an unsupported element type {ttype.elem_type}; "
+                "fuse models with float/int inputs"
+            )
+        if np.issubdtype(dtype, np.floating):
+            feed[value.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feed[value.name] = np.zeros(dims, dtype=dtype)
+    return feed
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from sase_deploy.engines.ort import OrtRunner
+
+    # Graph optimisations off: compare what the graphs compute, not what ORT fuses.
+    with OrtRunner(model, intra_op_threads=1, optimization="basic") as runner:
+        return runner.infer(feed)
+
+
+def _io_signature(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    initializers = {i.name for i in model.graph.initializer}
+    sig = [("in:" + v.name, str(v.type)) for v in model.graph.input if v.name not in initializers]
+    return sig + [("out:" + v.name, str(v.type)) for v in model.graph.output]
+
+
+@dataclass
+class _Checker:
+    """Runs candidates against the original model's outputs."""
+
+    original: onnx.ModelProto
+    enabled: bool
+    tolerance: float
+    seed: int
+    feed: dict[str, np.ndarray] = field(default_factory=dict)
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    checks: int = 0
+
+    def __post_init__(self) -> None:
+        self.signature = _io_signature(self.original)
+        if self.enabled:
+            self.feed = self.feed or self_check_feed(self.original, self.seed)
+            try:
+                self.reference = _run(self.original, self.feed)
+            except Exception as exc:  # noqa: BLE001 - any ORT failure means the same to the user
+                raise UserError(
+                    f"the input model does not run on ONNX Runtime CPU ({str(exc).splitlines()[0]}); "
+                    "fix the model or pass --no-self-check"
+                ) from exc
+
+    def __call__(self, candidate: onnx.ModelProto) -> tuple[bool, dict[str, float], str | None]:
+        """(ok, {max_abs, max_rel}, why not)."""
+        if _io_signature(candidate) != self.signature:
+            return False, {}, "the rewrite changed graph input/output names or shapes"
+        try:
+            onnx.checker.check_model(candidate)
+        except onnx.checker.ValidationError as exc:
+            return False, {}, f"onnx.checker failed: {str(exc).splitlines()[0]}"
+        if not self.enabled:
+            return True, {}, None
+        self.checks += 1
+        try:
+            got = _run(candidate, self.feed)
+        except Exception as exc:  # noqa: BLE001 - a rewrite ORT rejects is reverted, not fatal
+            return False, {}, f"ORT failed on the rewritten graph: {str(exc).splitlines()[0]}"
+        diffs = compare_outputs(self.reference, got)
+        stats = {
+            "max_abs_diff": max((d.max_abs for d in diffs), default=0.0),
+            "max_rel_diff": worst_relative(diffs),
+        }
+        if stats["max_rel_diff"] > self.tolerance:
+            return False, stats, (
+                f"self-check: outputs differ by {stats['max_rel_diff']:.2e} of their scale "
+                f"(tolerance {self.tolerance:.0e})"
+            )
+        return True, stats, None
+
+
+def _collect(rule: RewriteRule, graph: Any) -> tuple[list[Match], list[Decline]]:
+    """Matches (checked, non-overlapping, first wins) and declines of `rule` on `graph`."""
+    matches: list[Match] = []
+    declines: list[Decline] = []
+    claimed: set[int] = set()
+    for anchor in list(rule.candidates(graph)):
+        result = rule.match(graph, anchor)
+        if result is None:
+            continue
+        if isinstance(result, Decline):
+            declines.append(result)
+            continue
+        reason = rule.check(graph, result)
+        if reason is not None:
+            declines.append(Decline(rule.name, result.anchor, reason))
+            continue
+        ids = {id(n) for n in result.nodes}
+        if ids & claimed:
+            declines.append(Decline(rule.name, result.anchor, "overlaps an earlier match"))
+            continue
+        claimed |= ids
+        matches.append(result)
+    return matches, declines
+
+
+def _apply(
+    model: onnx.ModelProto, rule: RewriteRule, anchors: set[str] | None
+) -> tuple[onnx.ModelProto, list[Match], list[Decline], dict[str, str]]:
+    """Apply `rule` to a fresh import of `model` (only at `anchors` when given).
+
+    Returns the rewritten model, the matches applied, the declines, and rewrite errors by anchor.
+    """
+    graph = import_graph(model)
+    matches, declines = _collect(rule, graph)
+    if anchors is not None:
+        matches = [m for m in matches if m.anchor in anchors]
+    errors: dict[str, str] = {}
+    for match in matches:
+        try:
+            rule.rewrite(graph, match)
+        except Exception as exc:  # noqa: BLE001 - a failing rewrite is reverted and reported
+            errors[match.anchor] = f"rewrite raised {type(exc).__name__}: {exc}"
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return export_model(graph, model), matches, declines, errors
+
+
+def _rule_batch(
+    model: onnx.ModelProto, rule: RewriteRule, check: _Checker
+) -> tuple[onnx.ModelProto, dict[str, Any], list[Match]]:
+    """One rule over the whole graph with self-check and per-match fallback."""
+    candidate, matches, declines, errors = _apply(model, rule, None)
+    status: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    stats: dict[str, float] = {}
+    accepted = model
+    if matches and all(m.captures.get("canonical") for m in matches):
+        status = {m.anchor: "unchanged" for m in matches}
+    elif matches:
+        ok, stats, why = check(candidate) if not errors else (False, {}, "a rewrite raised")
+        if ok:
+            accepted = candidate
+            good = [m.anchor for m in matches]
+        else:
+            good = []
+            for match in matches:  # isolate the offending matches
+                if match.anchor in errors:
+                    reasons[match.anchor] = errors[match.anchor]
+                    continue
+                alone, _, _, err = _apply(model, rule, {match.anchor})
+                ok1, _, why1 = check(alone) if not err else (False, {}, next(iter(err.values())))
+                if ok1:
+                    good.append(match.anchor)
+                else:
+                    reasons[match.anchor] = why1 or why or "self-check failed"
+            kept = model
+            if good:
+                together, _, _, err = _apply(model, rule, set(good))
+                ok2, stats2, _ = check(together) if not err else (False, {}, None)
+                if ok2:
+                    kept, stats = together, stats2
+                else:  # matches interact: accumulate one at a time
+                    for anchor in list(good):
+                        trial, _, _, err = _apply(kept, rule, {anchor})
+                        ok3, stats3, why3 = check(trial) if not err else (False, {}, None)
+                        if ok3:
+                            kept, stats = trial, stats3
+                        else:
+                            good.remove(anchor)
+                            reasons[anchor] = why3 or "self-check failed in combination"
+            accepted = kept
+        for match in matches:
+            unchanged = bool(match.captures.get("canonical"))
+            if match.anchor in good:
+                status[match.anchor] = "unchanged" if unchanged else "applied"
+            else:
+                status[match.anchor] = "reverted"
+    entry = {
+        "rule": rule.name,
+        "matches": [
+            {
+                "anchor": m.anchor,
+                "kind": m.kind,
+                "block_output": m.block_output,
+                "status": status.get(m.anchor, "applied"),
+                **({"reason": reasons[m.anchor]} if m.anchor in reasons else {}),
+                **{k: v for k, v in m.captures.items() if isinstance(v, int | float | str)},
+            }
+            for m in matches
+        ],
+        "declines": [{"anchor": d.anchor, "reason": d.reason} for d in declines],
+        "applied": sum(1 for s in status.values() if s == "applied"),
+        "reverted": sum(1 for s in status.values() if s == "reverted"),
+        "self_check": stats,
+    }
+    return accepted, entry, matches
+
+
+def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def fuse_model(
+    model: onnx.ModelProto,
+    *,
+    rules: Sequence[RewriteRule] = DEFAULT_RULES,
+    self_check: bool = True,
+    as_functions: bool = False,
+    tolerance: float = 1e-5,
+    seed: int = 0,
+    feed: dict[str, np.ndarray] | None = None,
+    on_rule: Callable[[str], None] | None = None,
+) -> FuseResult:
+    """Fuse SE-family blocks in `model` (not modified) and report what was done.
+
+    `rules` is applied in order; `self_check` runs ORT CPU after every rule (`tolerance` is
+    relative to each output's scale); `as_functions` wraps each fused block into a local
+    function node of domain `sase_deploy`; `on_rule` is called with each rule's name (progress).
+    """
+    if not isinstance(model, onnx.ModelProto) or not model.graph.node:
+        raise UserError("the model has no graph nodes; pass an ONNX model exported by sase-deploy")
+    original = copy.deepcopy(model)
+    check = _Checker(original, self_check, tolerance, seed, dict(feed or {}))
+    current = export_model(import_graph(original), original)
+    rule_entries = []
+    blocks: dict[str, str] = {}
+    for rule in rules:
+        if on_rule is not None:
+            on_rule(rule.name)
+        current, entry, matches = _rule_batch(current, rule, check)
+        rule_entries.append(entry)
+        for match in matches:
+            if match.kind is None:
+                continue
+            key = match.block_output or f"{match.rule}:{match.anchor}"
+            blocks.setdefault(key, match.kind)
+    functions_report: dict[str, Any] | None = None
+    if as_functions:
+        from sase_deploy.rewrite.functions import wrap_blocks_as_functions
+
+        wrapped, functions_report = wrap_blocks_as_functions(current)
+        ok, _, why = check(wrapped)
+        if ok:
+            current = wrapped
+        else:
+            functions_report = {"error": why, "functions": {}}
+    ok, final_stats, why = check(current)
+    if not ok:  # every batch passed; only a bug could get here
+        raise RuntimeError(f"fused model failed its final check: {why}")
+    counts = collections.Counter(blocks.values())
+    report = {
+        "blocks_found": dict(sorted(counts.items())),
+        "nodes_before": len(original.graph.node),
+        "nodes_after": len(current.graph.node),
+        "ops_before": _op_counts(original),
+        "ops_after": _op_counts(current),
+        "rules": rule_entries,
+        "self_check": {
+            "enabled": self_check,
+            "tolerance": tolerance,
+            "seed": seed,
+            "runs": check.checks,
+            **final_stats,
+        },
+        "as_functions": functions_report,
+    }
+    return FuseResult(model=current, report=report)

@@ -1,0 +1,345 @@
+"""FastGAN generators and the SLIM block: official layout, forward, noise control, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sase_deploy.engines.ort import run_onnx
+from sase_deploy.errors import UserError
+from sase_deploy.models import fastgan
+from sase_deploy.models.blocks_fastgan import (
+    SLEBlock,
+    has_spectral_norm,
+    remove_spectral_norm,
+    settle_spectral_norm,
+)
+from sase_deploy.models.registry import create_model, get_model_spec
+from sase_deploy.models.slim import SLIMBlock
+from sase_deploy.models.spec import sample_inputs
+
+LAYOUTS = Path(__file__).parents[2] / "shared" / "official_layouts"
+NAMES = ("fastgan_sle_256", "fastgan_slim_256", "fastgan_slim_1024")
+SLOW_1024 = pytest.param("fastgan_slim_1024", marks=pytest.mark.slow)
+
+
+def _layout(name: str) -> dict[str, Any]:
+    path = LAYOUTS / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"official layout {path} absent (shared/ must sit beside the repo)")
+    return json.loads(path.read_text())
+
+
+_BUILT: dict[str, fastgan.FastGANGenerator] = {}
+
+
+def _model(name: str) -> fastgan.FastGANGenerator:
+    """One eval-mode model per name for the module; tests that mutate it must restore it."""
+    if name not in _BUILT:
+        torch.manual_seed(0)
+        model = create_model(name)
+        assert isinstance(model, fastgan.FastGANGenerator)
+        _BUILT[name] = model
+    return _BUILT[name]
+
+
+def _z(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn((batch, fastgan.NZ), generator=torch.Generator().manual_seed(seed))
+
+
+def _run(model: torch.nn.Module, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return tuple(model(*args))
+
+
+# ---------------------------------------------------------------- official layout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_layout_equals_official(name: str) -> None:
+    layout = _layout(name)
+    state = _model(name).state_dict()
+    assert set(state) == set(layout["keys"])
+    assert {k: list(v.shape) for k, v in state.items()} == layout["keys"]
+    assert {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()} == layout["dtypes"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_order_and_count_equal_official(name: str) -> None:
+    layout = _layout(name)
+    model = _model(name)
+    assert [n for n, _ in model.named_parameters()] == layout["parameters_in_order"]
+    assert sum(p.numel() for p in model.parameters()) == layout["num_parameters"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_state_dict_and_ema_list_load_as_is(name: str) -> None:
+    layout = _layout(name)
+    generator = torch.Generator().manual_seed(1)
+    official = {
+        key: torch.zeros(shape, dtype=torch.int64)
+        if layout["dtypes"][key] == "int64"
+        else torch.randn(shape, generator=generator)
+        for key, shape in layout["keys"].items()
+    }
+    model = get_model_spec(name).factory(settle=False)  # the checkpoint brings u/v and stats
+    model.load_state_dict(official, strict=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, official[key]), key
+    # FastGAN's g_ema: a bare tensor list in parameters() order.
+    ema = [official[key] + 1 for key in layout["parameters_in_order"]]
+    for param, value in zip(model.parameters(), ema, strict=True):
+        param.data.copy_(value)
+    assert torch.equal(
+        model.get_parameter("to_big.weight_orig"), official["to_big.weight_orig"] + 1
+    )
+
+
+# ---------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("name", ["fastgan_sle_256", "fastgan_slim_256", SLOW_1024])
+def test_eval_forward_shapes_finite_deterministic(name: str) -> None:
+    layout = _layout(name)
+    model = _model(name)
+    batch = 2 if "256" in name else 1  # batch 2 at 1024 px costs seconds on a small CPU
+    first, second = _run(model, _z(batch)), _run(model, _z(batch))
+    expected = [[batch, *shape[1:]] for shape in layout["eval_output_shapes"]]
+    assert [list(out.shape) for out in first] == expected
+    for out, again in zip(first, second, strict=True):
+        assert out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+        assert torch.equal(out, again)
+        # settle=True gives usable scales (raw spectral-norm init gives ~1e-5 or inf).
+        assert 0.05 < float(out.std()) < 50
+    if name == "fastgan_slim_1024":
+        assert all(float(out.abs().max()) <= 1 for out in first)  # tanh on both outputs
+
+
+def test_with_tanh_option_bounds_outputs() -> None:
+    raw = _model("fastgan_slim_256")
+    model = get_model_spec("fastgan_slim_256").factory(with_tanh=True, settle=False)
+    model.load_state_dict(raw.state_dict())
+    model.eval()
+    for tanh_out, raw_out in zip(_run(model, _z(1)), _run(raw, _z(1)), strict=True):
+        torch.testing.assert_close(tanh_out, torch.tanh(raw_out))
+
+
+def test_remove_spectral_norm_keeps_eval_output() -> None:
+    model = get_model_spec("fastgan_slim_256").factory(settle=False)
+    model.load_state_dict(_model("fastgan_slim_256").state_dict())
+    model.eval()
+    before = _run(model, _z(1))
+    remove_spectral_norm(model)
+    assert not has_spectral_norm(model)
+    keys = set(model.state_dict())
+    assert "to_big.weight" in keys and not any(k.endswith("weight_orig") for k in keys)
+    for out, ref in zip(_run(model, _z(1)), before, strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- noise control
+
+
+@pytest.fixture
+def noisy_sle() -> Any:
+    """fastgan_sle_256 with non-zero noise weights; restored to weight 0 / mode off after."""
+    model = _model("fastgan_sle_256")
+    injections = model.noise_injections().values()
+    for injection in injections:
+        injection.weight.data.fill_(0.5)
+    yield model
+    for injection in injections:
+        injection.weight.data.zero_()
+    model.set_noise("off")
+
+
+def test_noise_off_equals_zero_noise_weight() -> None:
+    model = _model("fastgan_sle_256")
+    off = _run(model.set_noise("off"), _z(1))
+    model.set_noise("seed:5")  # weights are 0 in a fresh model: noise has no effect
+    try:
+        for a, b in zip(off, _run(model, _z(1)), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        model.set_noise("off")
+
+
+def test_seed_noise_is_deterministic_and_matters(noisy_sle: fastgan.FastGANGenerator) -> None:
+    off = _run(noisy_sle.set_noise("off"), _z(1))
+    seeded = _run(noisy_sle.set_noise("seed:1"), _z(1))
+    assert all(torch.equal(a, b) for a, b in zip(seeded, _run(noisy_sle, _z(1)), strict=True))
+    assert not torch.allclose(seeded[0], off[0])
+    other = _run(noisy_sle.set_noise("seed:2"), _z(1))
+    assert not torch.allclose(seeded[0], other[0])
+
+
+def test_input_noise_equals_seed_noise(noisy_sle: fastgan.FastGANGenerator) -> None:
+    batch = 2
+    seeded = _run(noisy_sle.set_noise("seed:7"), _z(batch))
+    maps = noisy_sle.noise_maps(7)
+    noise = [maps[site.name].expand(batch, -1, -1, -1) for site in noisy_sle.sites]
+    fed = _run(noisy_sle.set_noise("input"), _z(batch), *noise)
+    for a, b in zip(seeded, fed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_random_noise_differs_per_call(noisy_sle: fastgan.FastGANGenerator) -> None:
+    noisy_sle.set_noise("random")
+    assert not torch.allclose(_run(noisy_sle, _z(1))[1], _run(noisy_sle, _z(1))[1])
+
+
+def test_noise_argument_errors() -> None:
+    model = _model("fastgan_sle_256")
+    with pytest.raises(UserError, match="noise mode"):
+        model(_z(1), torch.zeros(1, 1, 8, 8))  # noise passed in mode "off"
+    with pytest.raises(UserError, match="unknown noise mode"):
+        model.set_noise("gaussian")
+    model.set_noise("input")
+    try:
+        with pytest.raises(UserError, match="needs 6 noise tensors"):
+            model(_z(1))
+    finally:
+        model.set_noise("off")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("fastgan_sle_256", ["feat_8_0", "feat_8_1", "feat_32_0", "feat_32_1", "feat_128_0"]),
+        ("fastgan_slim_1024", ["feat_128_1", "se_128", "se_256", "feat_512_0", "se_512"]),
+    ],
+)
+def test_noise_sites_and_input_specs(name: str, expected: list[str]) -> None:
+    spec = get_model_spec(name)
+    assert [s.name for s in spec.input_specs()] == ["z"]
+    specs = spec.input_specs(noise="input")
+    assert specs[0].name == "z" and specs[0].shape == (1, 256) and specs[0].kind == "latent"
+    names = [s.name.removeprefix("noise_") for s in specs[1:]]
+    assert all(n in names for n in expected)
+    sites = fastgan.noise_sites(1024 if "1024" in name else 256, "sle" if "sle" in name else "slim")
+    assert [s.name for s in specs[1:]] == [site.name for site in sites]
+    for input_spec, site in zip(specs[1:], sites, strict=True):
+        assert input_spec.shape == (1, 1, site.size, site.size) and input_spec.kind == "noise"
+    assert len(sites) == (6 if "256" in name else 11)
+
+
+# ---------------------------------------------------------------- SLIM / SLE blocks
+
+
+def _official_slim(block: SLIMBlock, xs: torch.Tensor, xb: torch.Tensor, noise: Any) -> Any:
+    """The paper's formula at full resolution: per-group masks resized, then mixed."""
+    chunks = torch.split(xs, xs.shape[1] // block.groups, dim=1)
+    styles = [branch(x) for x, branch in zip(chunks, block.channel_attn, strict=True)]
+    logits = torch.cat([b(x) for x, b in zip(chunks, block.spatial_attn, strict=True)], dim=1)
+    if block.noise_injection is not None:
+        logits = logits + block.noise_injection.weight * noise
+    masks = F.interpolate(torch.sigmoid(logits), size=xb.shape[-1], mode="nearest")
+    num = sum(masks[:, g : g + 1] * s[:, :, None, None] for g, s in enumerate(styles))
+    return xb * (num / (masks.sum(dim=1, keepdim=True) + 1e-6) + 1)
+
+
+@pytest.mark.parametrize("mask_noise", [False, True])
+def test_slim_block_equals_full_resolution_formula(mask_noise: bool) -> None:
+    torch.manual_seed(0)
+    block = SLIMBlock(64, 8, 16, 64, groups=4, reduction=4, dilation=2, mask_noise=mask_noise)
+    block.eval()
+    for bn in block.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            bn.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
+            bn.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+    noise = torch.randn(3, 1, 8, 8)
+    if block.noise_injection is not None:
+        block.noise_injection.weight.data.fill_(0.7)
+    xs, xb = torch.randn(3, 64, 8, 8), torch.randn(3, 16, 64, 64)
+    with torch.no_grad():
+        ours = block(xs, xb, noise)
+        reference = _official_slim(block, xs, xb, noise)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, xb)  # the block does modulate
+
+
+def test_slim_block_key_layout() -> None:
+    block = SLIMBlock(128, 32, 16, 512, dilation=4, mask_noise=True)
+    keys = set(block.state_dict())
+    for g in range(4):
+        for i in (2, 3, 5):
+            assert (
+                f"channel_attn.{g}.{i}.weight_orig" in keys
+                or f"channel_attn.{g}.{i}.weight" in keys
+            )
+        for i in (0, 1, 3, 4, 6, 7, 9):
+            assert f"spatial_attn.{g}.{i}.bias" in keys
+    assert "noise_injection.weight" in keys
+    assert block.spatial_attn[0][3].dilation == (4, 4)
+    assert "noise_injection.weight" not in SLIMBlock(128, 8, 64, 128).state_dict()
+
+
+def test_sle_block_gates_big_map_per_channel() -> None:
+    torch.manual_seed(0)
+    block = settle_spectral_norm(SLEBlock(32, 16)).eval()  # raw u/v saturate the sigmoid
+    small, big = torch.randn(2, 32, 8, 8), torch.randn(2, 16, 32, 32)
+    with torch.no_grad():
+        gated = block(small, big)
+    gate = gated / big
+    assert torch.allclose(gate, gate[:, :, :1, :1].expand_as(gate), atol=1e-5)
+    assert bool(((gate > 0) & (gate < 1)).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_counts_the_blocks_in_the_network(name: str) -> None:
+    spec = get_model_spec(name)
+    model = _model(name)
+    counts = {
+        "sle": sum(isinstance(m, SLEBlock) for m in model.modules()),
+        "sase": sum(isinstance(m, SLIMBlock) for m in model.modules()),
+    }
+    assert {k: v for k, v in counts.items() if v} == dict(spec.se_blocks)
+    assert spec.task == "generation" and len(spec.output_names) == 2
+    layout_path = LAYOUTS / f"{name}.json"
+    if layout_path.is_file():
+        assert spec.source == json.loads(layout_path.read_text())["source"]
+
+
+# ---------------------------------------------------------------- export
+
+
+@pytest.mark.slow
+def test_onnx_export_with_noise_inputs_and_dynamic_batch(tmp_path: Path) -> None:
+    """Dynamo export of the noise-as-input generator: no random ops, dynamic batch, parity."""
+    import onnx
+
+    torch.manual_seed(0)
+    spec = get_model_spec("fastgan_slim_256")
+    model = remove_spectral_norm(create_model(spec.name, noise="input"))
+    for injection in model.noise_injections().values():
+        injection.weight.data.fill_(0.3)
+    input_specs = spec.input_specs(noise="input")
+    args = tuple(torch.from_numpy(v) for v in sample_inputs(input_specs, seed=0, batch=2).values())
+    batch = torch.export.Dim("batch", min=1, max=16)
+    shapes = torch.export.ShapesCollection()
+    for arg in args:
+        shapes[arg] = {0: batch}
+    path = tmp_path / "g.onnx"
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        dynamo=True,
+        input_names=[s.name for s in input_specs],
+        output_names=list(spec.output_names),
+        dynamic_shapes=shapes.dynamic_shapes(model, args),
+    )
+    graph = onnx.load(str(path)).graph
+    assert not any(n.op_type.startswith("Random") for n in graph.node)
+    feed = sample_inputs(input_specs, seed=1, batch=3)  # another batch size than exported
+    got = run_onnx(str(path), feed)
+    want = _run(model, *(torch.from_numpy(v) for v in feed.values()))
+    for out_name, w in zip(spec.output_names, want, strict=True):
+        np.testing.assert_allclose(got[out_name], w.numpy(), rtol=1e-3, atol=1e-3)
