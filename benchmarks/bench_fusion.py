@@ -1,7 +1,7 @@
 """What fusion buys: nodes, ORT CPU latency and achieved GFLOP/s, fused vs unfused, side by side.
 
 Run:  python benchmarks/bench_fusion.py [--models se_resnet50,sase_resnet50] [--runs 30]
-          [--threads 1] [--cache .bench_cache] [--out results]   (--out writes .json and .md)
+          [--threads 1] [--cache out/bench_cache] [--out out/fusion]   (--out writes .json and .md)
 
 Per zoo model: export without fusion (`export_model(..., fuse=False)`), fuse with the default
 rules, then time both on ORT CPU (batch 1, same session options, fixed intra-op threads,
@@ -25,7 +25,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--models", default="", help="Comma-separated zoo names (default: all).")
     parser.add_argument("--runs", type=int, default=30, help="Timed runs per variant (>= 20).")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op and BLAS threads.")
-    parser.add_argument("--cache", default=".bench_cache", help="Folder for exported models.")
+    parser.add_argument("--cache", default="out/bench_cache", help="Folder for exported models.")
     parser.add_argument("--out", default=None, help="Write OUT.json and OUT.md.")
     parser.add_argument("--skip-blocks", action="store_true", help="Only whole models.")
     parser.add_argument("--skip-models", action="store_true", help="Only blocks alone.")
@@ -37,6 +37,7 @@ if ARGS is not None:  # BLAS reads these at import time: set them before numpy l
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -75,7 +76,9 @@ def _session(model: onnx.ModelProto, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def time_pair(
@@ -175,9 +178,13 @@ def sase_blocks(cache: Path) -> dict[str, onnx.ModelProto]:
     from sase_deploy.models.slim import SLIMBlock
 
     specs = {
-        "sase (SLIM 512@8->64@128)": (SLIMBlock(512, 8, 64, 128), [[1, 512, 8, 8], [1, 64, 128, 128]]),
+        "sase (SLIM 512@8->64@128)": (
+            SLIMBlock(512, 8, 64, 128),
+            [[1, 512, 8, 8], [1, 64, 128, 128]],
+        ),
         "sase (SLIM 256@16->32@256)": (
-            SLIMBlock(256, 16, 32, 256), [[1, 256, 16, 16], [1, 32, 256, 256]]
+            SLIMBlock(256, 16, 32, 256),
+            [[1, 256, 16, 16], [1, 32, 256, 256]],
         ),
         "sase (SASEConv 64@56)": (SASEConv2d(64, 64), [[1, 64, 56, 56]]),
     }
@@ -187,10 +194,8 @@ def sase_blocks(cache: Path) -> dict[str, onnx.ModelProto]:
         path = cache / f"block_{slug}.onnx"
         failed = cache / f"block_{slug}.parity-failed.onnx"
         if not path.exists() and not failed.exists():
-            try:
+            with contextlib.suppress(ParityError):
                 export_model(module.eval(), path, input_shapes=shapes, fuse=False)
-            except ParityError:
-                pass
         blocks[label] = onnx.load(path if path.exists() else failed)
     return blocks
 
@@ -230,7 +235,8 @@ def main(args: argparse.Namespace) -> None:
     model_rows: list[dict[str, Any]] = []
     block_rows: list[dict[str, Any]] = []
     gate_models: dict[str, onnx.ModelProto] = {}
-    for name in names:
+    # blocks alone come from the full-size networks first (digits models are tiny)
+    for name in sorted(names, key=lambda n: "digits" in n):
         unfused, note = export_zoo(name, cache)
         if not args.skip_models:
             row = measure(name, unfused, args.runs, args.threads, sgemm, note)

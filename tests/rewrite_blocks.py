@@ -28,7 +28,9 @@ class TimmSE(nn.Module):
 class TorchvisionSE(nn.Module):
     """torchvision SqueezeExcitation with a configurable gate activation."""
 
-    def __init__(self, c: int, r: int = 4, act: nn.Module | None = None, gate: nn.Module | None = None) -> None:
+    def __init__(
+        self, c: int, r: int = 4, act: nn.Module | None = None, gate: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(c, c // r, 1)
@@ -76,7 +78,9 @@ class CBAMChannel(nn.Module):
 
     def __init__(self, c: int, r: int = 4) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Conv2d(c, c // r, 1, bias=False), nn.ReLU(), nn.Conv2d(c // r, c, 1, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(c, c // r, 1, bias=False), nn.ReLU(), nn.Conv2d(c // r, c, 1, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.mlp(nn.functional.adaptive_avg_pool2d(x, 1))
@@ -138,7 +142,9 @@ def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
-def export(module: nn.Module, shape: tuple[int, ...] = (1, 3, 16, 16), dynamo: bool = False) -> onnx.ModelProto:
+def export(
+    module: nn.Module, shape: tuple[int, ...] = (1, 3, 16, 16), dynamo: bool = False
+) -> onnx.ModelProto:
     module = randomise(module)
     x = torch.randn(*shape)
     buf = io.BytesIO()
@@ -146,5 +152,7 @@ def export(module: nn.Module, shape: tuple[int, ...] = (1, 3, 16, 16), dynamo: b
         program = torch.onnx.export(module, (x,), dynamo=True, opset_version=18, verbose=False)
         assert program is not None
         return program.model_proto
-    torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=18, input_names=["x"], output_names=["y"])
+    torch.onnx.export(
+        module, (x,), buf, dynamo=False, opset_version=18, input_names=["x"], output_names=["y"]
+    )
     return onnx.load_from_string(buf.getvalue())

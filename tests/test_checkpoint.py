@@ -202,6 +202,18 @@ def test_fastgan_container_applies_ema_list_by_default(
     torch.testing.assert_close(outputs(explicit), outputs(g), atol=1e-6, rtol=1e-6)
 
 
+def test_fastgan_dataparallel_checkpoint_strips_before_ema(tmp_path: Path) -> None:
+    """The baseline FastGAN train.py wraps G in DataParallel: 'g' keys carry 'module.'."""
+    g = trained("hook")
+    ema = ema_of(g)
+    ckpt = fastgan_checkpoint(g, ema)
+    ckpt["g"] = {f"module.{k}": v for k, v in ckpt["g"].items()}
+    target = Tiny(None)
+    report = load_checkpoint(target, save(ckpt, tmp_path / "all.pth"))
+    assert report.ema_applied and report.prefixes_stripped == ["module."]
+    torch.testing.assert_close(outputs(target), outputs(ema), atol=1e-6, rtol=1e-6)
+
+
 def test_fastgan_ema_without_model_uses_buffer_names(tmp_path: Path) -> None:
     g = trained("hook")
     ema = ema_of(g)
@@ -260,7 +272,7 @@ def test_unknown_key_lists_container_keys(tmp_path: Path) -> None:
 
 def test_container_without_state_dict_asks_for_key(tmp_path: Path) -> None:
     path = save({"weights_for_g": trained(None).state_dict(), "epoch": 3}, tmp_path / "c.pth")
-    with pytest.raises(UserError, match="pass --key"):
+    with pytest.raises(UserError, match="pass --checkpoint-key"):
         load_checkpoint(Tiny(None), path)
     target = Tiny(None)
     assert load_checkpoint(target, path, key="weights_for_g").key == "weights_for_g"
@@ -321,7 +333,7 @@ def test_mismatch_names_missing_unexpected_and_shapes(tmp_path: Path) -> None:
     message = str(err.value)
     assert "does not fit model 'tiny'" in message
     assert "1 missing keys (conv2.bias)" in message and "1 unexpected (head.extra)" in message
-    assert "fc.bias: checkpoint (7,) vs model (5,)" in message and "--key" in message
+    assert "fc.bias: checkpoint (7,) vs model (5,)" in message and "--checkpoint-key" in message
 
     target = Tiny(None)
     report = load_checkpoint(target, path, strict=False)
@@ -372,14 +384,13 @@ def test_fastgan_slim_256_official_all_checkpoint(tmp_path: Path) -> None:
     layout = official_layout("fastgan_slim_256")
     torch.manual_seed(0)
     source = create_model("fastgan_slim_256")
-    g = source.state_dict()
+    g = {k: v.clone() for k, v in source.state_dict().items()}
     order = [name for name, _ in source.named_parameters()]
     if layout is not None:  # our model saves the official layout; the EMA list uses its order
         assert list(g) == list(layout["keys"])
         order = layout["parameters_in_order"]
-    ema_state = perturbed(g)
     buffers = {k for k, _ in source.named_buffers()}
-    ema_state = {k: (g[k] if k in buffers else v) for k, v in ema_state.items()}
+    ema_state = {k: (g[k] if k in buffers else v) for k, v in perturbed(g).items()}
     ckpt = {
         "g": g,
         "d": {},
@@ -398,15 +409,13 @@ def test_fastgan_slim_256_official_all_checkpoint(tmp_path: Path) -> None:
     assert_same_state(target, g)
 
     # Into a generator whose spectral norm is baked (as export does): same outputs as EMA.
-    reference = create_model("fastgan_slim_256")
-    reference.load_state_dict(ema_state)
-    plain = create_model("fastgan_slim_256")
-    bake_spectral_norm(plain)
-    report = load_checkpoint(plain, path)
+    bake_spectral_norm(target)
+    report = load_checkpoint(target, path)
     assert len(report.spectral_norm_baked) == len([k for k in g if k.endswith("weight_orig")])
+    source.load_state_dict(ema_state)
     z = torch.randn(1, 256, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        for got, want in zip(plain(z), reference.eval()(z), strict=True):
+        for got, want in zip(target(z), source.eval()(z), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -433,3 +442,28 @@ def test_spse_resnet50_imagenet_checkpoint(tmp_path: Path) -> None:
     assert report.key == "state_dict" and report.prefixes_stripped == ["module."]
     assert_same_state(target, state)
     assert not target.training
+
+
+def test_readme_loading_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first Python example of the README's models section runs as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- section:models -->")[1].split("<!-- /section:models -->")[0]
+    example = section.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    report = namespace["report"]
+    assert (report.container, report.key, report.prefixes_stripped) == (  # type: ignore[attr-defined]
+        "wrapped",
+        "state_dict",
+        ["module."],
+    )
+
+
+def test_plain_checkpoint_into_spectral_norm_model_suggests_baking(tmp_path: Path) -> None:
+    path = save(trained(None).state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(UserError, match=r"plain weights where the model has spectral norm"):
+        load_checkpoint(Tiny("hook"), path)
+    target = Tiny("hook")
+    bake_spectral_norm(target)
+    load_checkpoint(target, path)

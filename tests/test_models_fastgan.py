@@ -36,17 +36,27 @@ def _layout(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-_BUILT: dict[str, fastgan.FastGANGenerator] = {}
+_BUILT: dict[tuple[str, bool], fastgan.FastGANGenerator] = {}
 
 
-def _model(name: str) -> fastgan.FastGANGenerator:
-    """One eval-mode model per name for the module; tests that mutate it must restore it."""
-    if name not in _BUILT:
+def _model(name: str, settled: bool = True) -> fastgan.FastGANGenerator:
+    """One model per (name, settled) for the module; tests that mutate it must restore it.
+
+    Unsettled builds skip the spectral-norm/BN preparation (a second each): fine wherever only
+    the structure matters.
+    """
+    if (name, settled) not in _BUILT:
         torch.manual_seed(0)
-        model = create_model(name)
+        model = get_model_spec(name).factory(settle=settled).eval()
         assert isinstance(model, fastgan.FastGANGenerator)
-        _BUILT[name] = model
-    return _BUILT[name]
+        _BUILT[name, settled] = model
+    return _BUILT[name, settled]
+
+
+def _tiny(im_size: int = 256, attention: fastgan.Attention = "sle", **kwargs: Any) -> Any:
+    """Same code paths as the registered generators at 1/4 (1024: 1/4) of the channels."""
+    torch.manual_seed(0)
+    return fastgan.FastGANGenerator(im_size, attention, ngf=16, reduction=4, **kwargs).eval()
 
 
 def _z(batch: int, seed: int = 0) -> torch.Tensor:
@@ -64,7 +74,7 @@ def _run(model: torch.nn.Module, *args: torch.Tensor) -> tuple[torch.Tensor, ...
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_layout_equals_official(name: str) -> None:
     layout = _layout(name)
-    state = _model(name).state_dict()
+    state = _model(name, settled=False).state_dict()
     assert set(state) == set(layout["keys"])
     assert {k: list(v.shape) for k, v in state.items()} == layout["keys"]
     assert {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()} == layout["dtypes"]
@@ -73,7 +83,7 @@ def test_state_dict_layout_equals_official(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_order_and_count_equal_official(name: str) -> None:
     layout = _layout(name)
-    model = _model(name)
+    model = _model(name, settled=False)
     assert [n for n, _ in model.named_parameters()] == layout["parameters_in_order"]
     assert sum(p.numel() for p in model.parameters()) == layout["num_parameters"]
 
@@ -122,19 +132,18 @@ def test_eval_forward_shapes_finite_deterministic(name: str) -> None:
         assert all(float(out.abs().max()) <= 1 for out in first)  # tanh on both outputs
 
 
-def test_with_tanh_option_bounds_outputs() -> None:
-    raw = _model("fastgan_slim_256")
-    model = get_model_spec("fastgan_slim_256").factory(with_tanh=True, settle=False)
-    model.load_state_dict(raw.state_dict())
-    model.eval()
-    for tanh_out, raw_out in zip(_run(model, _z(1)), _run(raw, _z(1)), strict=True):
+def test_with_tanh_option_applies_tanh_to_both_outputs() -> None:
+    raw, with_tanh = _tiny(), _tiny(with_tanh=True, settle=False)
+    with_tanh.load_state_dict(raw.state_dict())
+    for tanh_out, raw_out in zip(_run(with_tanh, _z(1)), _run(raw, _z(1)), strict=True):
         torch.testing.assert_close(tanh_out, torch.tanh(raw_out))
+    assert create_model("fastgan_slim_256", settle=False).with_tanh is False
+    assert create_model("fastgan_slim_1024", settle=False).with_tanh is True
 
 
-def test_remove_spectral_norm_keeps_eval_output() -> None:
-    model = get_model_spec("fastgan_slim_256").factory(settle=False)
-    model.load_state_dict(_model("fastgan_slim_256").state_dict())
-    model.eval()
+@pytest.mark.parametrize(("im_size", "attention"), [(256, "sle"), (1024, "slim")])
+def test_remove_spectral_norm_keeps_eval_output(im_size: int, attention: Any) -> None:
+    model = _tiny(im_size, attention)
     before = _run(model, _z(1))
     remove_spectral_norm(model)
     assert not has_spectral_norm(model)
@@ -147,66 +156,61 @@ def test_remove_spectral_norm_keeps_eval_output() -> None:
 # ---------------------------------------------------------------- noise control
 
 
-@pytest.fixture
-def noisy_sle() -> Any:
-    """fastgan_sle_256 with non-zero noise weights; restored to weight 0 / mode off after."""
-    model = _model("fastgan_sle_256")
-    injections = model.noise_injections().values()
-    for injection in injections:
+@pytest.fixture(scope="module")
+def noisy() -> Any:
+    """A small FastGAN-SLIM-1024 (UpBlockComp and SLIM mask noise) with noise weights 0.5."""
+    model = _tiny(1024, "slim")
+    for injection in model.noise_injections().values():
         injection.weight.data.fill_(0.5)
-    yield model
-    for injection in injections:
-        injection.weight.data.zero_()
-    model.set_noise("off")
+    return model
 
 
 def test_noise_off_equals_zero_noise_weight() -> None:
-    model = _model("fastgan_sle_256")
-    off = _run(model.set_noise("off"), _z(1))
+    model = _tiny(1024, "slim")
+    off = _run(model, _z(1))
     model.set_noise("seed:5")  # weights are 0 in a fresh model: noise has no effect
-    try:
-        for a, b in zip(off, _run(model, _z(1)), strict=True):
-            assert torch.equal(a, b)
-    finally:
-        model.set_noise("off")
+    for a, b in zip(off, _run(model, _z(1)), strict=True):
+        assert torch.equal(a, b)
 
 
-def test_seed_noise_is_deterministic_and_matters(noisy_sle: fastgan.FastGANGenerator) -> None:
-    off = _run(noisy_sle.set_noise("off"), _z(1))
-    seeded = _run(noisy_sle.set_noise("seed:1"), _z(1))
-    assert all(torch.equal(a, b) for a, b in zip(seeded, _run(noisy_sle, _z(1)), strict=True))
+def test_seed_noise_is_deterministic_and_matters(noisy: fastgan.FastGANGenerator) -> None:
+    off = _run(noisy.set_noise("off"), _z(1))
+    seeded = _run(noisy.set_noise("seed:1"), _z(1))
+    assert all(torch.equal(a, b) for a, b in zip(seeded, _run(noisy, _z(1)), strict=True))
     assert not torch.allclose(seeded[0], off[0])
-    other = _run(noisy_sle.set_noise("seed:2"), _z(1))
+    other = _run(noisy.set_noise("seed:2"), _z(1))
     assert not torch.allclose(seeded[0], other[0])
 
 
-def test_input_noise_equals_seed_noise(noisy_sle: fastgan.FastGANGenerator) -> None:
+def test_input_noise_equals_seed_noise(noisy: fastgan.FastGANGenerator) -> None:
     batch = 2
-    seeded = _run(noisy_sle.set_noise("seed:7"), _z(batch))
-    maps = noisy_sle.noise_maps(7)
-    noise = [maps[site.name].expand(batch, -1, -1, -1) for site in noisy_sle.sites]
-    fed = _run(noisy_sle.set_noise("input"), _z(batch), *noise)
+    seeded = _run(noisy.set_noise("seed:7"), _z(batch))
+    maps = noisy.noise_maps(7)
+    assert len(maps) == 11
+    noise = [maps[site.name].expand(batch, -1, -1, -1) for site in noisy.sites]
+    fed = _run(noisy.set_noise("input"), _z(batch), *noise)
     for a, b in zip(seeded, fed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # Each sample may get its own noise in input mode.
+    noise[0] = torch.randn(batch, 1, 8, 8)
+    per_sample = _run(noisy, _z(batch), *noise)
+    assert not torch.allclose(per_sample[0], fed[0])
 
 
-def test_random_noise_differs_per_call(noisy_sle: fastgan.FastGANGenerator) -> None:
-    noisy_sle.set_noise("random")
-    assert not torch.allclose(_run(noisy_sle, _z(1))[1], _run(noisy_sle, _z(1))[1])
+def test_random_noise_differs_per_call(noisy: fastgan.FastGANGenerator) -> None:
+    noisy.set_noise("random")
+    assert not torch.allclose(_run(noisy, _z(1))[1], _run(noisy, _z(1))[1])
 
 
-def test_noise_argument_errors() -> None:
-    model = _model("fastgan_sle_256")
+def test_noise_argument_errors(noisy: fastgan.FastGANGenerator) -> None:
+    noisy.set_noise("off")
     with pytest.raises(UserError, match="noise mode"):
-        model(_z(1), torch.zeros(1, 1, 8, 8))  # noise passed in mode "off"
+        noisy(_z(1), torch.zeros(1, 1, 8, 8))  # noise passed in mode "off"
     with pytest.raises(UserError, match="unknown noise mode"):
-        model.set_noise("gaussian")
-    model.set_noise("input")
-    try:
-        with pytest.raises(UserError, match="needs 6 noise tensors"):
-            model(_z(1))
-    finally:
-        model.set_noise("off")
+        noisy.set_noise("gaussian")
+    noisy.set_noise("input")
+    with pytest.raises(UserError, match="needs 11 noise tensors"):
+        noisy(_z(1))
 
 
 @pytest.mark.parametrize(
@@ -295,7 +299,7 @@ def test_sle_block_gates_big_map_per_channel() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_spec_counts_the_blocks_in_the_network(name: str) -> None:
     spec = get_model_spec(name)
-    model = _model(name)
+    model = _model(name, settled=False)
     counts = {
         "sle": sum(isinstance(m, SLEBlock) for m in model.modules()),
         "sase": sum(isinstance(m, SLIMBlock) for m in model.modules()),
@@ -312,12 +316,12 @@ def test_spec_counts_the_blocks_in_the_network(name: str) -> None:
 
 @pytest.mark.slow
 def test_onnx_export_with_noise_inputs_and_dynamic_batch(tmp_path: Path) -> None:
-    """Dynamo export of the noise-as-input generator: no random ops, dynamic batch, parity."""
+    """Dynamo export of a noise-as-input SLIM-1024 generator (small channels): no random ops,
+    dynamic batch, ORT parity."""
     import onnx
 
-    torch.manual_seed(0)
-    spec = get_model_spec("fastgan_slim_256")
-    model = remove_spectral_norm(create_model(spec.name, noise="input"))
+    spec = get_model_spec("fastgan_slim_1024")
+    model = remove_spectral_norm(_tiny(1024, "slim", noise="input"))
     for injection in model.noise_injections().values():
         injection.weight.data.fill_(0.3)
     input_specs = spec.input_specs(noise="input")
@@ -342,4 +346,4 @@ def test_onnx_export_with_noise_inputs_and_dynamic_batch(tmp_path: Path) -> None
     got = run_onnx(str(path), feed)
     want = _run(model, *(torch.from_numpy(v) for v in feed.values()))
     for out_name, w in zip(spec.output_names, want, strict=True):
-        np.testing.assert_allclose(got[out_name], w.numpy(), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got[out_name], w.numpy(), rtol=1e-4, atol=1e-4)

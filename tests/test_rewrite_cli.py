@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import onnx
-
 from rewrite_blocks import Host, LinearSE, export
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
-
 from rewrite_blocks import ECA, CBAMChannel, Host, LinearSE, SleHost, export
+
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite import fuse_model
 from sase_deploy.rewrite.graph_utils import const_value, replace_uses
@@ -134,8 +134,11 @@ def test_cleanup_declines_nothing_to_do() -> None:
 
 
 def test_as_functions_runs_on_ort_and_matches() -> None:
-    for module, name in ((Host(LinearSE(16, bn=True)), "SqueezeExcite"), (Host(ECA()), "ECA"),
-                         (Host(CBAMChannel(16)), "CBAMChannel")):
+    for module, name in (
+        (Host(LinearSE(16, bn=True)), "SqueezeExcite"),
+        (Host(ECA()), "ECA"),
+        (Host(CBAMChannel(16)), "CBAMChannel"),
+    ):
         model = export(module)
         result = fuse_model(model, as_functions=True)
         onnx.checker.check_model(result.model)

@@ -41,7 +41,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"ONNX model {path} not found; export one with 'sase-deploy export'")
     try:
         return onnx.load(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
+    except Exception as exc:
         raise UserError(f"cannot read ONNX model {path}: {exc}") from exc
 
 
@@ -293,7 +293,9 @@ def convert_onnx(
         stage = time.perf_counter()
         evaluator = Evaluator.from_source(named, source, _task(named, model_name), eval_samples)
         candidates = {
-            n.name for n in named.graph.node if n.op_type in FP16_CANDIDATE_OPS and n.name not in keep
+            n.name
+            for n in named.graph.node
+            if n.op_type in FP16_CANDIDATE_OPS and n.name not in keep
         }
         auto = auto_keep(
             candidates, lambda lowered: convert_fp16(named, set(keep) | (candidates - lowered)),

@@ -37,7 +37,7 @@ def named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 def with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - analysis degrades to "shape unknown", never fails
+    except Exception:
         return model
 
 
@@ -206,7 +206,9 @@ def normalisation_nodes(model: onnx.ModelProto) -> set[str]:
         eps_add = False
         if denominator.op_type == "Add":
             consts = [i for i in denominator.input if i in index.constants]
-            eps_add = len(consts) == 1 and float(np.abs(index.constants[consts[0]]).max()) <= EPS_LIMIT
+            eps_add = (
+                len(consts) == 1 and float(np.abs(index.constants[consts[0]]).max()) <= EPS_LIMIT
+            )
         if eps_add or denominator.op_type in ("ReduceSum", "Sum"):
             result.add(node.name)
             result.add(denominator.name)
@@ -236,7 +238,9 @@ def large_reductions(model: onnx.ModelProto, limit: int) -> set[str]:
             else:
                 picked = [a % len(shape) for a in axes] if axes else range(len(shape))
                 dims = [shape[a] for a in picked]
-                count = math.inf if any(d is None for d in dims) else math.prod(d for d in dims if d)
+                count = (
+                    math.inf if any(d is None for d in dims) else math.prod(d for d in dims if d)
+                )
         if count > limit:
             result.add(node.name)
     return result

@@ -48,8 +48,9 @@ def quantize_qdq(
     )
     quant_logger = logging.getLogger()
     previous_level = quant_logger.level
-    with tempfile.TemporaryDirectory(prefix="sase-qdq-") as tmp, contextlib.redirect_stdout(
-        sys.stderr
+    with (
+        tempfile.TemporaryDirectory(prefix="sase-qdq-") as tmp,
+        contextlib.redirect_stdout(sys.stderr),
     ):
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(tensors, cache)

@@ -1,15 +1,14 @@
-"""Calibrators: per-tensor activation ranges from ONNX Runtime's calibration tools.
+"""Calibrators: symmetric per-tensor activation ranges, collected on ORT CPU.
 
-ORT's `create_calibrator` augments the graph (every float tensor becomes an output) and owns the
-range maths (min/max, entropy thresholds, percentiles). Two things it lacks, written here:
+From ONNX Runtime's quantization tools: the choice of tensors (`select_tensors_to_calibrate`)
+and the histogram collector with its percentile maths. Written here, because ORT lacks them:
 
-- bounded memory: its histogram calibrators keep every intermediate output of the whole data
-  reader before histogramming (512 ResNet-50 samples would be ~40 GB), so we feed it one batch
-  at a time;
-- speed: histogramming every element of every tensor in numpy dominates the run, so each
-  tensor's batch is subsampled (strided, at most `HIST_SAMPLES_PER_BATCH` values) before it is
-  histogrammed, with the exact batch min and max appended so the histogram range (and therefore
-  the entropy/percentile search space) still covers every value seen.
+- an in-graph statistics head per tensor (exact ReduceMin/ReduceMax plus a strided subsample of
+  at most ~`HIST_SAMPLES_PER_BATCH` values): ORT's calibrators make every activation a session
+  output (32 M floats per ResNet-50 image) and keep them all until the reader ends (~40 GB for
+  512 samples); with this head only a few hundred KB leave the session per batch and the
+  session keeps ORT's graph optimisations on;
+- a vectorised entropy (KL) threshold search, ~20x faster than ORT's Python loop.
 
 Ranges are computed once and reused for the Q/DQ model, the TRT cache and the json.
 """
@@ -18,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,42 +50,9 @@ class TensorRanges:
         return self.amax[name] / 127.0
 
 
-class _OneFeed:
-    """A CalibrationDataReader over one feed, so ORT's calibrators can be driven batch by batch."""
-
-    def __init__(self, feed: dict[str, np.ndarray]) -> None:
-        self._feeds: Iterator[dict[str, np.ndarray]] = iter([feed])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
-
-    def __iter__(self) -> _OneFeed:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
-
-    def __len__(self) -> int:
-        return 1
-
-    def set_range(self, start_index: int, end_index: int) -> None:  # ORT interface, unused
-        pass
-
-
-def _subsample(values: np.ndarray) -> np.ndarray:
-    flat = values.reshape(-1)
-    if flat.size <= HIST_SAMPLES_PER_BATCH:
-        return flat
-    step = (flat.size // HIST_SAMPLES_PER_BATCH) | 1  # odd stride: avoids aliasing with W/H
-    picked = flat[::step]
-    return np.concatenate([picked, [flat.min(), flat.max()]]).astype(flat.dtype, copy=False)
-
-
 def _amax(value: Any) -> float:
-    low, high = (float(np.asarray(v).reshape(-1)[0]) for v in value.range_value)
+    """max(|low|, |high|) of ORT's collector result `(low, high, hist, edges)`."""
+    low, high = (float(np.asarray(v).reshape(-1)[0]) for v in value[:2])
     return max(abs(low), abs(high))
 
 
@@ -123,91 +87,150 @@ def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_quantized_bins: int = 
     return (best_i + 0.5) * width
 
 
+def _augment(model: onnx.ModelProto, tensors: list[str], sample: bool) -> onnx.ModelProto:
+    """Add per-tensor outputs: exact min and max, and (for histograms) a strided subsample.
+
+    The stride is computed in the graph (`Size // N + 1`) so any batch or dynamic shape works and
+    only ~N values per tensor leave the session instead of every activation.
+    """
+    from onnx import TensorProto, helper
+
+    augmented = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = augmented.graph
+    consts = {
+        "calib_flat": np.array([-1], dtype=np.int64),
+        "calib_zero": np.array([0], dtype=np.int64),
+        "calib_end": np.array([np.iinfo(np.int64).max], dtype=np.int64),
+        "calib_n": np.array(HIST_SAMPLES_PER_BATCH, dtype=np.int64),
+        "calib_one": np.array(1, dtype=np.int64),
+        "calib_shape1": np.array([1], dtype=np.int64),
+    }
+    for name, value in consts.items():
+        graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+    for index, tensor in enumerate(tensors):
+        p = f"calib{index}"
+        graph.node.extend(
+            [
+                helper.make_node("ReduceMin", [tensor], [f"{p}_min"], keepdims=0),
+                helper.make_node("ReduceMax", [tensor], [f"{p}_max"], keepdims=0),
+            ]
+        )
+        outputs = [f"{p}_min", f"{p}_max"]
+        if sample:
+            graph.node.extend(
+                [
+                    helper.make_node("Reshape", [tensor, "calib_flat"], [f"{p}_flat"]),
+                    helper.make_node("Size", [tensor], [f"{p}_size"]),
+                    helper.make_node("Div", [f"{p}_size", "calib_n"], [f"{p}_q"]),
+                    helper.make_node("Add", [f"{p}_q", "calib_one"], [f"{p}_s"]),
+                    helper.make_node("Reshape", [f"{p}_s", "calib_shape1"], [f"{p}_step"]),
+                    helper.make_node(
+                        "Slice",
+                        [f"{p}_flat", "calib_zero", "calib_end", "calib_zero", f"{p}_step"],
+                        [f"{p}_sample"],
+                    ),
+                ]
+            )
+            outputs.append(f"{p}_sample")
+        graph.output.extend(
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs
+        )
+    return augmented
+
+
+def calibration_tensors(model: onnx.ModelProto) -> list[str]:
+    """Float32 activations (node inputs and outputs, no initializers), as ORT selects them."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    with tempfile.TemporaryDirectory(prefix="sase-calib-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path)
+        selector = MinMaxCalibrater(path)  # loads with ORT's shape inference; nothing is run
+        tensors, value_infos = selector.select_tensors_to_calibrate(selector.model)
+    return sorted(
+        t for t in tensors if value_infos[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    )
+
+
 def collect_ranges(
     model: onnx.ModelProto,
     source: CalibrationSource,
     method: str = "entropy",
     batch_size: int = 16,
     percentile: float = 99.99,
-    show_progress: bool = True,
+    threads: int | None = None,
 ) -> TensorRanges:
     """Run `source` through `model` on ORT CPU and return symmetric ranges of every float tensor."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import HistogramCollector
 
     if method not in METHODS:
-        raise UserError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
-    ort_method = {
-        "entropy": CalibrationMethod.Entropy,
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
-    options: dict[str, Any] = {"symmetric": True}
-    if method == "entropy":
-        options.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
-    elif method == "percentile":
-        options.update(num_bins=PERCENTILE_BINS, percentile=percentile)
-
+        raise UserError(
+            f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}"
+        )
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    # ORT's calibrators print chatter on stdout, which is reserved for --json results.
-    with tempfile.TemporaryDirectory(prefix="sase-calib-") as tmp, contextlib.redirect_stdout(
-        io.StringIO()
-    ):
-        model_path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, model_path)
-        calibrator = create_calibrator(
-            model_path,
-            None,
-            augmented_model_path=os.fspath(Path(tmp) / "augmented.onnx"),
-            calibrate_method=ort_method,
-            extra_options=options,
-        )
-        timings["augment_s"] = time.perf_counter() - start
+    tensors = calibration_tensors(model)
+    histogram = method != "minmax"
+    augmented = _augment(model, tensors, sample=histogram)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        augmented.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    timings["augment_s"] = time.perf_counter() - start
 
-        collect_start = time.perf_counter()
-        seen = 0
-        with progress() as bar:
-            task = bar.add_task(f"calibrating ({method})", total=source.num_samples)
-            if method == "minmax":
-                for feed in source.batches(batch_size):
-                    calibrator.collect_data(_OneFeed(feed))
-                    seen += len(next(iter(feed.values())))
-                    bar.update(task, completed=seen)
-            else:
-                from onnxruntime.quantization.calibrate import HistogramCollector
-
-                session = calibrator.infer_session
-                assert session is not None
-                wanted = calibrator.tensors_to_calibrate
-                out_names = [o.name for o in session.get_outputs()]
-                calibrator.collector = HistogramCollector(
-                    method=calibrator.method,
-                    symmetric=calibrator.symmetric,
-                    num_bins=calibrator.num_bins,
-                    num_quantized_bins=calibrator.num_quantized_bins,
-                    percentile=calibrator.percentile,
-                    scenario=calibrator.scenario,
-                )
-                for feed in source.batches(batch_size):
-                    outputs = session.run(None, feed)
-                    arrays = {
-                        name: _subsample(value)
-                        for name, value in zip(out_names, outputs, strict=True)
-                        if name in wanted and value.size > 0
+    collector = HistogramCollector(
+        method=method,
+        symmetric=True,
+        num_bins=ENTROPY_BINS if method == "entropy" else PERCENTILE_BINS,
+        num_quantized_bins=128,
+        percentile=percentile,
+        scenario="same",
+    )
+    wanted = [f"calib{i}_{k}" for i in range(len(tensors)) for k in ("min", "max")]
+    if histogram:
+        wanted += [f"calib{i}_sample" for i in range(len(tensors))]
+    low = np.full(len(tensors), np.inf)
+    high = np.full(len(tensors), -np.inf)
+    collect_start = time.perf_counter()
+    seen = 0
+    # ORT's collector prints chatter on stdout, which is reserved for --json results.
+    with progress() as bar, contextlib.redirect_stdout(io.StringIO()):
+        task = bar.add_task(f"calibrating ({method})", total=source.num_samples)
+        for feed in source.batches(batch_size):
+            values = dict(zip(wanted, session.run(wanted, feed), strict=True))
+            mins = np.array([values[f"calib{i}_min"] for i in range(len(tensors))], np.float64)
+            maxs = np.array([values[f"calib{i}_max"] for i in range(len(tensors))], np.float64)
+            low, high = np.minimum(low, mins), np.maximum(high, maxs)
+            if histogram:
+                collector.collect(
+                    {
+                        t: np.concatenate([values[f"calib{i}_sample"], [mins[i], maxs[i]]]).astype(
+                            np.float32
+                        )
+                        for i, t in enumerate(tensors)
                     }
-                    calibrator.collector.collect(arrays)
-                    seen += len(next(iter(feed.values())))
-                    bar.update(task, completed=seen)
+                )
+            seen += len(next(iter(feed.values())))
+            bar.update(task, completed=seen)
         timings["collect_s"] = time.perf_counter() - collect_start
 
         compute_start = time.perf_counter()
         if method == "entropy":
-            histograms = calibrator.collector.histogram_dict
-            amax = {name: entropy_amax(h[0], h[1]) for name, h in histograms.items()}
+            amax = {t: entropy_amax(h[0], h[1]) for t, h in collector.histogram_dict.items()}
+        elif method == "percentile":
+            amax = {t: _amax(v) for t, v in collector.compute_collection_result().items()}
         else:
-            amax = {name: _amax(value) for name, value in calibrator.compute_data().items()}
+            amax = {
+                t: float(max(abs(lo), abs(hi)))
+                for t, lo, hi in zip(tensors, low, high, strict=True)
+            }
         timings["compute_s"] = time.perf_counter() - compute_start
-        del calibrator
+    if seen == 0:
+        raise UserError("the calibration data yielded no samples")
     return TensorRanges(
         method=method,
         amax=dict(sorted(amax.items())),

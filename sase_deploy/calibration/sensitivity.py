@@ -103,7 +103,9 @@ class Evaluator:
     def to_dict(self) -> dict[str, Any]:
         metric = {
             "generation": "psnr_db_vs_fp32",
-            "classification": "top1_accuracy_pct" if self.labels is not None else "top1_agreement_pct",
+            "classification": "top1_accuracy_pct"
+            if self.labels is not None
+            else "top1_agreement_pct",
         }[self.task]
         return {"metric": metric, "samples": int(sum(len(r) for r in self.reference))}
 

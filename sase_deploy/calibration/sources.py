@@ -39,7 +39,9 @@ def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
         if vi.name in initializers:
             continue
         tensor_type = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+        )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         result.append(GraphInput(vi.name, dims, dtype))
     return tuple(result)
@@ -155,7 +157,10 @@ def _load_image(path: Path, prep: Preprocess) -> np.ndarray:
                 short = min(img.size)
                 factor = prep.resize / short
                 img = img.resize(
-                    (max(width, round(img.size[0] * factor)), max(height, round(img.size[1] * factor))),
+                    (
+                        max(width, round(img.size[0] * factor)),
+                        max(height, round(img.size[1] * factor)),
+                    ),
                     Image.Resampling.BILINEAR,
                 )
                 left = (img.size[0] - width) // 2
@@ -227,7 +232,9 @@ def image_folder_source(
         raise UserError(
             f"an image folder feeds one input, the model has {len(inputs)}; use an .npz instead"
         )
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
         raise UserError(
             f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...); "
@@ -319,11 +326,15 @@ def open_source(
             try:
                 seed = int(data.split(":", 1)[1])
             except ValueError as exc:
-                raise UserError(f"--data {data}: the seed after 'latent:' must be an integer") from exc
+                raise UserError(
+                    f"--data {data}: the seed after 'latent:' must be an integer"
+                ) from exc
         return LatentSource(inputs, samples if samples is not None else 64, seed)
     path = Path(data)
     if not path.exists():
-        raise UserError(f"calibration data {data} does not exist; give a folder, .npy/.npz or 'latent'")
+        raise UserError(
+            f"calibration data {data} does not exist; give a folder, .npy/.npz or 'latent'"
+        )
     if path.is_dir():
         if preprocess is None:
             raise UserError(

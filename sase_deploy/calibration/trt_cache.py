@@ -40,7 +40,7 @@ def trt_version_code(version: str) -> int:
         parts = [int(p) for p in version.split(".")]
     except ValueError as exc:
         raise UserError(f"TensorRT version '{version}' is not like 10.3.0") from exc
-    major, minor, patch = (parts + [0, 0])[:3]
+    major, minor, patch = [*parts, 0, 0][:3]
     return major * 10000 + minor * 100 + patch
 
 
@@ -79,7 +79,9 @@ def parse_cache(text: str) -> CalibrationCache:
     for number, line in enumerate(lines[1:], start=2):
         name, sep, value = line.rpartition(": ")
         if not sep or len(value) != 8:
-            raise UserError(f"calibration cache line {number} is not 'name: 8-hex-digits': {line!r}")
+            raise UserError(
+                f"calibration cache line {number} is not 'name: 8-hex-digits': {line!r}"
+            )
         scales[name] = hex_to_scale(value)
     return CalibrationCache(lines[0], scales)
 

@@ -83,26 +83,50 @@ def report_auto_keep(summary: dict[str, Any], as_json: bool) -> None:
 
 @click.command("calibrate")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", required=True,
-              help="Image folder, .npy/.npz (arrays named after inputs or x; labels y), or "
-                   "latent[:SEED] for generators.")
-@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile"]),
-              default="entropy", show_default=True)
-@click.option("--percentile", type=float, default=99.99, show_default=True,
-              help="For --method percentile.")
+@click.option(
+    "--data",
+    required=True,
+    help="Image folder, .npy/.npz (arrays named after inputs or x; labels y), or "
+    "latent[:SEED] for generators.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["entropy", "minmax", "percentile"]),
+    default="entropy",
+    show_default=True,
+)
+@click.option(
+    "--percentile", type=float, default=99.99, show_default=True, help="For --method percentile."
+)
 @click.option("--samples", type=int, default=512, show_default=True)
 @click.option("--batch", type=int, default=16, show_default=True)
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), show_default=True)
-@click.option("--quantize-gates", is_flag=True,
-              help="Also quantise SE gate paths (kept float by default).")
-@click.option("--auto-keep", "auto_keep", type=float, metavar="TOL",
-              help="Keep the fewest layers in float to meet TOL: max top-1 drop in points "
-                   "(classification) or min PSNR in dB (generators).")
-@click.option("--eval-samples", type=int, default=256, show_default=True,
-              help="Samples used by --auto-keep.")
-@click.option("--trt-version", default="10.3.0", show_default=True,
-              help="TensorRT version named in the cache header.")
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+)
+@click.option(
+    "--quantize-gates", is_flag=True, help="Also quantise SE gate paths (kept float by default)."
+)
+@click.option(
+    "--auto-keep",
+    "auto_keep",
+    type=float,
+    metavar="TOL",
+    help="Keep the fewest layers in float to meet TOL: max top-1 drop in points "
+    "(classification) or min PSNR in dB (generators).",
+)
+@click.option(
+    "--eval-samples", type=int, default=256, show_default=True, help="Samples used by --auto-keep."
+)
+@click.option(
+    "--trt-version",
+    default="10.3.0",
+    show_default=True,
+    help="TensorRT version named in the cache header.",
+)
 @preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def calibrate_command(**kwargs: Any) -> None:

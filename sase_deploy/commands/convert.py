@@ -14,17 +14,34 @@ from sase_deploy.console import emit_json
 @click.command("convert")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp16"]), default="fp16", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output .onnx (default: IN.fp16.onnx beside IN).")
-@click.option("--reduce-limit", type=int, default=4096, show_default=True,
-              help="Keep in FP32 reductions over more elements than this.")
-@click.option("--calib-json", type=click.Path(dir_okay=False, path_type=Path),
-              help="NAME.calib.json: keep in FP32 nodes whose range exceeds FP16.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output .onnx (default: IN.fp16.onnx beside IN).",
+)
+@click.option(
+    "--reduce-limit",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Keep in FP32 reductions over more elements than this.",
+)
+@click.option(
+    "--calib-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NAME.calib.json: keep in FP32 nodes whose range exceeds FP16.",
+)
 @click.option("--data", help="Calibration data (as for calibrate) for ranges and --auto-keep.")
 @click.option("--samples", type=int, default=256, show_default=True)
-@click.option("--auto-keep", "auto_keep", type=float, metavar="TOL",
-              help="Keep the fewest extra nodes in FP32 to meet TOL (needs --data): max top-1 "
-                   "drop in points, or min PSNR in dB for generators.")
+@click.option(
+    "--auto-keep",
+    "auto_keep",
+    type=float,
+    metavar="TOL",
+    help="Keep the fewest extra nodes in FP32 to meet TOL (needs --data): max top-1 "
+    "drop in points, or min PSNR in dB for generators.",
+)
 @click.option("--eval-samples", type=int, default=256, show_default=True)
 @preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

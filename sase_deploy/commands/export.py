@@ -15,30 +15,69 @@ _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
 
 @click.command("export")
 @click.argument("model")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output .onnx path (default: ./MODEL.onnx).")
-@click.option("-c", "--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Weights to load (torch.save file; weights-only unless --unsafe-load).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output .onnx path (default: ./MODEL.onnx).",
+)
+@click.option(
+    "-c",
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Weights to load (torch.save file; weights-only unless --unsafe-load).",
+)
 @click.option("--checkpoint-key", help="Container key holding the state dict (e.g. g_ema).")
 @click.option("--no-ema", is_flag=True, help="Load raw weights, not the EMA copy.")
-@click.option("--unsafe-load", is_flag=True,
-              help="Allow pickled code in the checkpoint (trusted files only).")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Factory keyword argument, repeatable (e.g. noise=input).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="1x3x224x224",
-              help="Shape of one input, repeated once per input (default: registry).")
-@click.option("--input-name", "input_names", multiple=True,
-              help="Name of one input, repeated once per input (default: registry / input_N).")
-@click.option("--output-name", "output_names", multiple=True,
-              help="Name of one output, repeated once per output (default: registry / output_N).")
-@click.option("--dynamic-batch", is_flag=True,
-              help="Make dim 0 of every input/output symbolic ('batch'); parity at batch 1 and 4.")
+@click.option(
+    "--unsafe-load", is_flag=True, help="Allow pickled code in the checkpoint (trusted files only)."
+)
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Factory keyword argument, repeatable (e.g. noise=input).",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="1x3x224x224",
+    help="Shape of one input, repeated once per input (default: registry).",
+)
+@click.option(
+    "--input-name",
+    "input_names",
+    multiple=True,
+    help="Name of one input, repeated once per input (default: registry / input_N).",
+)
+@click.option(
+    "--output-name",
+    "output_names",
+    multiple=True,
+    help="Name of one output, repeated once per output (default: registry / output_N).",
+)
+@click.option(
+    "--dynamic-batch",
+    is_flag=True,
+    help="Make dim 0 of every input/output symbolic ('batch'); parity at batch 1 and 4.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
-              show_default=True, help="auto: dynamo, falling back to TorchScript on failure.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "torchscript"]),
+    default="auto",
+    show_default=True,
+    help="auto: dynamo, falling back to TorchScript on failure.",
+)
 @click.option("--no-fuse", is_flag=True, help="Skip the SE-subgraph fusion pass.")
-@click.option("--tolerance", type=float, default=None,
-              help="Parity tolerance on max|onnx-torch| / max|torch| (default 1e-4).")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="Parity tolerance on max|onnx-torch| / max|torch| (default 1e-4).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the parity inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def export_command(

@@ -11,17 +11,37 @@ from sase_deploy.console import emit_json, progress
 
 @click.command("fuse")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Fused .onnx to write.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the fusion report (JSON) here.")
-@click.option("--as-functions", is_flag=True,
-              help="Wrap each fused block into one node of domain sase_deploy backed by an ONNX "
-                   "local function (SqueezeExcite, SLE, ...).")
-@click.option("--no-self-check", is_flag=True,
-              help="Skip the ORT CPU comparison after every rule (not recommended).")
-@click.option("--tolerance", type=float, default=1e-5, show_default=True,
-              help="Self-check tolerance on max|fused-original| / max|original|.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Fused .onnx to write.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the fusion report (JSON) here.",
+)
+@click.option(
+    "--as-functions",
+    is_flag=True,
+    help="Wrap each fused block into one node of domain sase_deploy backed by an ONNX "
+    "local function (SqueezeExcite, SLE, ...).",
+)
+@click.option(
+    "--no-self-check",
+    is_flag=True,
+    help="Skip the ORT CPU comparison after every rule (not recommended).",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-5,
+    show_default=True,
+    help="Self-check tolerance on max|fused-original| / max|original|.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the check inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def fuse_command(

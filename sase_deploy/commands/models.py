@@ -15,23 +15,16 @@ _PARAMETER_COUNTS: dict[str, int] = {}
 
 
 def count_spec_parameters(spec: ModelSpec) -> int:
-    """Parameters of a registered model, built on the meta device when the factory allows.
+    """Parameters of a registered model, counted on a real build.
 
-    Meta tensors have shapes but no storage, so even the 1024 generator costs no memory or
-    arithmetic. A factory that computes with its weights while building (e.g. calibrating
-    BatchNorm from a forward pass) cannot run on meta; it is then built for real.
+    The meta device (shapes, no storage) was measured as no cheaper with today's factories:
+    the FastGAN generators settle spectral norm and BatchNorm while building, which is slower on
+    meta and fails there for SLIM (`python benchmarks/models_listing.py` compares both).
     """
-    import torch
-
     from sase_deploy.models.registry import count_parameters
 
     if spec.name not in _PARAMETER_COUNTS:
-        try:
-            with torch.device("meta"):
-                count = count_parameters(spec.factory())
-        except (RuntimeError, NotImplementedError):
-            count = count_parameters(spec.factory())
-        _PARAMETER_COUNTS[spec.name] = count
+        _PARAMETER_COUNTS[spec.name] = count_parameters(spec.factory())
     return _PARAMETER_COUNTS[spec.name]
 
 

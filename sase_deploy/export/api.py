@@ -222,9 +222,7 @@ def export_model(
         model, model_args=model_args, input_shapes=input_shapes, input_names=input_names
     )
     if dynamic_batch and not source.dynamic_batch_allowed:
-        raise UserError(
-            f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch"
-        )
+        raise UserError(f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch")
     checkpoint_report = _load_weights(source, checkpoint, checkpoint_key, use_ema, unsafe_load)
     reference = source.module
     trace_batch = TRACE_BATCH_DYNAMIC if dynamic_batch else source.inputs[0].shape[0]
@@ -376,7 +374,9 @@ def _manifest(
         "source": {
             "model": source.reference,
             "kind": source.kind,
-            "model_args": {k: repr(v) if not _jsonable(v) else v for k, v in source.model_args.items()},
+            "model_args": {
+                k: repr(v) if not _jsonable(v) else v for k, v in source.model_args.items()
+            },
             "family": spec.family if spec else None,
             "task": spec.task if spec else None,
         },

@@ -112,7 +112,7 @@ def _torchscript(
     torch.onnx.export(
         module,
         args,
-        buffer,
+        buffer,  # type: ignore[arg-type]  # a file object works, the stub says path only
         dynamo=False,
         opset_version=opset,
         input_names=list(input_names),

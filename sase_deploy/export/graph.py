@@ -106,8 +106,8 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def describe_values(values: list[onnx.ValueInfoProto]) -> list[dict[str, object]]:
-    """Name, shape (ints, or the symbolic name of a dynamic dim) and dtype of graph inputs/outputs."""
-    described = []
+    """Name, shape (ints; a dynamic dim's symbolic name) and dtype of graph inputs/outputs."""
+    described: list[dict[str, object]] = []
     for value in values:
         tensor = value.type.tensor_type
         shape: list[int | str] = [

@@ -19,6 +19,7 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,8 @@ class Lowering:
         }
 
 
-def _pair(size: int | None | Sequence[int | None]) -> tuple[int | None, int | None]:
+def _pair(size: Any) -> tuple[int | None, int | None]:
+    """`output_size` of an adaptive pool (int, None or a pair) as a pair."""
     if isinstance(size, Sequence):
         return (size[0], size[1])
     return (size, size)

@@ -9,9 +9,12 @@ MODEL is one of:
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
+import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +120,8 @@ def _from_registry(name: str, kwargs: dict[str, Any]) -> ModelSource:
 def _from_factory(reference: str, kwargs: dict[str, Any]) -> ModelSource:
     module_name, _, attr_path = reference.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
+        with _cwd_importable():
+            target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(
             f"cannot import '{module_name}' from MODEL '{reference}' ({_first_line(exc)}); "
@@ -145,6 +149,21 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> ModelSource:
             "point MODEL at a factory that builds the network"
         )
     return ModelSource(module, (), None, "factory", reference, kwargs)
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Let `pkg.mod:factory` name modules under the current folder, as `python -m` would
+    (the installed `sase-deploy` script does not put it on sys.path); removed afterwards."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def _from_torchscript(path_text: str, kwargs: dict[str, Any]) -> ModelSource:

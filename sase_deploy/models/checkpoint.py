@@ -201,8 +201,8 @@ def extract_state_dict(
     elif _is_state_dict(obj):
         if key is not None:
             raise UserError(
-                f"--key '{key}' given but the checkpoint is a bare state dict "
-                f"({len(obj)} tensors); drop --key"
+                f"--checkpoint-key '{key}' given but the checkpoint is a bare state dict "
+                f"({len(obj)} tensors); drop --checkpoint-key"
             )
         weights = CheckpointWeights(_as_state_dict(obj, "checkpoint"), "state_dict", None, False)
     elif isinstance(obj, Mapping):
@@ -233,7 +233,7 @@ def _as_state_dict(obj: Any, where: str) -> StateDict:
     if not _is_state_dict(obj):
         raise UserError(
             f"'{where}' in the checkpoint is a {type(obj).__name__}, not a state dict "
-            "(name -> tensor); pass --key to choose another entry"
+            "(name -> tensor); pass --checkpoint-key to choose another entry"
         )
     return dict(obj)
 
@@ -252,7 +252,7 @@ def _from_container(
     if key is not None and key not in obj:
         raise UserError(
             f"checkpoint has no key '{key}'; its keys are: {_container_keys(obj)}; "
-            "pass one of them with --key"
+            "pass one of them with --checkpoint-key"
         )
     if "g" in obj and (key is None or key in FASTGAN_KEYS):
         return _from_fastgan(obj, key, use_ema, is_parameter, model_keys)
@@ -265,11 +265,13 @@ def _from_container(
                 _as_state_dict(obj[name], name), "wrapped", name, name in EMA_STATE_KEYS
             )
             if weights.ema_applied:
-                weights.notes.append(f"EMA weights '{name}' used; pass use_ema=False for raw ones")
+                weights.notes.append(
+                    f"EMA weights '{name}' used; pass --no-ema (use_ema=False) for the raw ones"
+                )
             return weights
     raise UserError(
         f"cannot find the model's state dict in the checkpoint (keys: {_container_keys(obj)}); "
-        "pass --key to choose the entry that holds it"
+        "pass --checkpoint-key to choose the entry that holds it"
     )
 
 
@@ -297,28 +299,28 @@ def _from_fastgan(
         return CheckpointWeights({**g, **ema_sd}, "fastgan", "g_ema", True, stripped)
     if not isinstance(ema, list | tuple) or not all(isinstance(t, torch.Tensor) for t in ema):
         raise UserError(
-            f"'g_ema' is a {type(ema).__name__}, not a list of tensors; pass --key g to load "
-            "the generator without EMA"
+            f"'g_ema' is a {type(ema).__name__}, not a list of tensors; pass --no-ema to load "
+            "the generator 'g' without EMA"
         )
     param_test = is_parameter or _named_like_parameter
     param_names = [name for name in g if param_test(name)]
     if len(param_names) != len(ema):
         raise UserError(
             f"'g_ema' holds {len(ema)} tensors but 'g' has {len(param_names)} parameters; the EMA "
-            "list does not belong to this generator (pass --key g, or use_ema=False, to skip it)"
+            "list does not belong to this generator (pass --no-ema to skip it)"
         )
     merged = dict(g)
     for index, (name, tensor) in enumerate(zip(param_names, ema, strict=True)):
         if tuple(tensor.shape) != tuple(g[name].shape):
             raise UserError(
                 f"'g_ema'[{index}] has shape {tuple(tensor.shape)} but parameter '{name}' of 'g' "
-                f"has {tuple(g[name].shape)}; the EMA list does not fit (pass --key g to skip it)"
+                f"has {tuple(g[name].shape)}; the EMA list does not fit (pass --no-ema to skip it)"
             )
         merged[name] = tensor
     weights = CheckpointWeights(merged, "fastgan", "g_ema", True, stripped)
     weights.notes.append(
         f"EMA generator: {len(ema)} 'g_ema' tensors laid over 'g' in parameter order, buffers "
-        "from 'g'; pass use_ema=False (or --key g) for the raw generator"
+        "from 'g'; pass --no-ema (use_ema=False) for the raw generator"
     )
     return weights
 
@@ -327,7 +329,9 @@ def _named_like_parameter(name: str) -> bool:
     return not name.endswith(_BUFFER_SUFFIXES)
 
 
-def strip_prefixes(state_dict: StateDict, model_keys: Iterable[str] = ()) -> tuple[StateDict, list]:
+def strip_prefixes(
+    state_dict: StateDict, model_keys: Iterable[str] = ()
+) -> tuple[StateDict, list[str]]:
     """Remove `module.` / `_orig_mod.` when every key carries it and the model's keys do not."""
     model_keys = list(model_keys)
     stripped: list[str] = []
@@ -385,6 +389,7 @@ def bake_spectral_norm(model: nn.Module) -> list[str]:
 
 
 def has_spectral_norm(model: nn.Module) -> bool:
+    """Whether any layer still carries a spectral norm (hook or parametrization)."""
     return any(_hook_spectral_norms(m) or _parametrized_spectral_norms(m) for m in model.modules())
 
 
@@ -451,7 +456,6 @@ class _Fit:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def _checkpoint_parameter_test(model: nn.Module) -> Callable[[str], bool]:
@@ -526,7 +530,8 @@ def _find_entry(
 def _bake_entry(
     weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, module: nn.Module, key: str
 ) -> torch.Tensor:
-    dims = [_spectral_norm_dim(module)] + [d for d in range(weight.dim()) if d != 0]
+    guess = _spectral_norm_dim(module)
+    dims = [guess] + [d for d in range(weight.dim()) if d != guess]
     for dim in dims:  # the module type decides; shapes confirm (or pick when the type is odd)
         rows = weight.shape[dim] if weight.dim() else 0
         if u.numel() == rows and v.numel() * rows == weight.numel():
@@ -585,7 +590,7 @@ def load_checkpoint(
         spectral_norm_baked=fit.baked,
         missing_keys=fit.missing,
         unexpected_keys=fit.unexpected,
-        notes=[*weights.notes, *fit.notes],
+        notes=list(weights.notes),
     )
     if fit.baked:
         report.notes.append(f"baked spectral norm of {len(fit.baked)} layers into plain weights")
@@ -607,7 +612,19 @@ def _mismatch_message(label: str, fit: _Fit, weights: CheckpointWeights) -> str:
     if fit.mismatched:
         parts.append(f"{len(fit.mismatched)} shape mismatches ({_first(fit.mismatched, 2)})")
     where = f" (from '{weights.key}')" if weights.key else ""
-    return (
-        f"checkpoint{where} does not fit model '{label}': {', '.join(parts)}; pass --key to "
-        "choose a sub-dict or check the architecture"
-    )
+    hint = "pass --checkpoint-key to choose a sub-dict or check the architecture"
+    plain_for_sn = [
+        k
+        for k in fit.missing
+        if (slot := _sn_slot(k)) and slot[3] == 0 and _plain_key(slot) in fit.unexpected
+    ]
+    if plain_for_sn:
+        hint = "the checkpoint has plain weights where the model has spectral norm: " + (
+            "call bake_spectral_norm(model) before loading"
+        )
+    return f"checkpoint{where} does not fit model '{label}': {', '.join(parts)}; {hint}"
+
+
+def _plain_key(slot: tuple[str, str, str, int]) -> str:
+    owner, name = slot[0], slot[1]
+    return f"{owner}.{name}" if owner else name

@@ -29,16 +29,23 @@ from sase_deploy.models.pooling import GlobalAvgPool2d
 from sase_deploy.models.se import reduced_channels
 
 STYLE_EPS = 1e-6
+# Std of the style MLP's last Linear at init. In eval mode BatchNorm1d does not normalise, so a
+# style vector grows with its input's scale and a deep random-init net would overflow; small
+# weights start every block near the plain conv (style ~ 1) yet keep the path non-trivial.
+STYLE_INIT_STD = 0.01
 
 
 def _style_branch(group_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    project = nn.Linear(hidden, out_channels)
+    nn.init.normal_(project.weight, std=STYLE_INIT_STD)
+    nn.init.zeros_(project.bias)
     return nn.Sequential(
         GlobalAvgPool2d(flatten=True),  # (B, Cg)
         nn.Flatten(),  # no-op after the pool; keeps SLIM's indices (Linear at 2)
         nn.Linear(group_channels, hidden),
         nn.BatchNorm1d(hidden),
         nn.ReLU(),
-        nn.Linear(hidden, out_channels),
+        project,
     )
 
 

@@ -78,7 +78,7 @@ def wrap_blocks_as_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, d
             )
             copy.attribute.extend(n.attribute)
             new_body.append(copy)
-        signature = tuple(node.SerializeToString() for node in new_body) + (len(externals),)
+        signature = (*tuple(node.SerializeToString() for node in new_body), len(externals))
         if signature not in functions:
             base = FUNCTION_NAMES.get(kind, "SqueezeExcite")
             used_names[base] = used_names.get(base, 0) + 1
@@ -93,7 +93,9 @@ def wrap_blocks_as_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, d
             )
         fname = functions[signature].name
         counts[fname] = counts.get(fname, 0) + 1
-        call = helper.make_node(fname, externals, [output], name=f"{fname}/{names[-1]}", domain=DOMAIN)
+        call = helper.make_node(
+            fname, externals, [output], name=f"{fname}/{names[-1]}", domain=DOMAIN
+        )
         replaced[names[-1]] = call
         removed.update(names)
     if not replaced:

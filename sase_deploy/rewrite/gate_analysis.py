@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import (
@@ -83,20 +82,14 @@ def _is_spatial_reduce(node: gs.Node) -> bool:
     return rank >= 3 and sorted(a % rank for a in axes) == list(range(2, rank))
 
 
-def per_sample_size(shape: tuple[int | None, ...] | None) -> int | None:
-    if shape is None or len(shape) < 1 or any(d is None for d in shape[1:]):
-        return None
-    return int(np.prod([d for d in shape[1:]], dtype=np.int64))
-
-
 def vector_channels(shape: tuple[int | None, ...] | None) -> int | None:
     """C when the shape is a channel vector (one non-1 dim besides batch), else None."""
     if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
         return None
-    big = [d for d in shape[1:] if d != 1]
+    big = [int(d) for d in shape[1:] if d is not None and d != 1]
     if len(big) > 1:
         return None
-    return int(big[0]) if big else 1
+    return big[0] if big else 1
 
 
 def is_feature_map(tensor: gs.Tensor) -> bool:
@@ -154,7 +147,7 @@ class _Walker:
                 self.sources.append(Source(node, node.inputs[0], mode, (1, 1)))
                 return "vector"
             return self._fail(f"pooling '{node.name}' over a tensor of unknown shape")
-        if is_weighted_global_pool(node):  # e.g. a collapsed SPSE/RGSE pooling
+        if is_weighted_global_pool(node) and not _is_pooled(node.inputs[0]):  # collapsed SPSE
             self.nodes[id(node)] = node
             self.sources.append(Source(node, node.inputs[0], "weighted", (1, 1)))
             return "vector"
@@ -266,9 +259,12 @@ class _Walker:
             return all(const_value(t) is not None for t in node.inputs[1:5])
         if op == "Conv":
             return const_value(node.inputs[1]) is not None
-        if op == "Cast":
-            return True
-        return False
+        return op == "Cast"
+
+
+def _is_pooled(tensor: gs.Tensor) -> bool:
+    node = producer(tensor)
+    return node is not None and (node.op in REGION_POOLS or is_spatial_matmul(node))
 
 
 def is_weighted_global_pool(node: gs.Node) -> bool:
@@ -376,15 +372,14 @@ def _toposorted(nodes: object) -> list[gs.Node]:
 
 def classify_kind(analysis: GateAnalysis) -> str:
     """Name the SE-family kind from what the gate computes (see README `fuse`)."""
-    ops = analysis.ops
     x = analysis.x
     sources = analysis.sources
     if any(n.op == "Conv" and len(shape_of(n.inputs[0]) or ()) == 3 for n in analysis.nodes):
         return "eca"
     src_tensors = {id(s.tensor) for s in sources}
-    if len(sources) >= 2 and {s.mode for s in sources} == {"avg", "max"}:
-        if all(s.pooled == (1, 1) for s in sources) and src_tensors == {id(x)}:
-            return "cbam_channel"
+    avg_and_max = len(sources) >= 2 and {s.mode for s in sources} == {"avg", "max"}
+    if avg_and_max and all(s.pooled == (1, 1) for s in sources) and src_tensors == {id(x)}:
+        return "cbam_channel"
     # A fixed-window strided AveragePool (RGSE's AvgPool2d(7, 7)) stays "regional" even where
     # the window happens to cover the whole map (RGSE's last stage): its only trace.
     regional = [s for s in sources if s.pooled != (1, 1) or _is_fixed_window_pool(s.node)]
@@ -401,10 +396,9 @@ def classify_kind(analysis: GateAnalysis) -> str:
         if n.op in LINEAR_OPS or (n.op == "Conv" and len(shape_of(n.inputs[0]) or ()) != 3)
     ]
     last = _last_op(analysis)
-    if len(sources) == 1 and src_tensors == {id(x)} and len(linear) == 2:
-        if last in SIGMOID_LIKE or last == "Clip" or _is_hard_sigmoid_tail(analysis):
-            return "se"
-    _ = ops
+    sigmoid_tail = last in SIGMOID_LIKE or last == "Clip" or _is_hard_sigmoid_tail(analysis)
+    if len(sources) == 1 and src_tensors == {id(x)} and len(linear) == 2 and sigmoid_tail:
+        return "se"
     return "se_like"
 
 
@@ -444,7 +438,7 @@ def gate_mul_downstream(tensor: gs.Tensor, max_steps: int = 32) -> gs.Node | Non
         users = list(current.outputs)
         if len(users) != 1:
             muls = [u for u in users if u.op == "Mul"]
-            if len(muls) == 1 and not users[0] is muls[0]:
+            if len(muls) == 1 and users[0] is not muls[0]:
                 users = muls
             else:
                 return None

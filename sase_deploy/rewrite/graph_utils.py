@@ -53,7 +53,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     light.graph.initializer.extend(kept)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is a best effort; rules check shapes they need
+    except Exception:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -125,7 +125,7 @@ def lower_constant_nodes(graph: gs.Graph) -> int:
             for i, t in enumerate(consumer.inputs):
                 if t is out:
                     consumer.inputs[i] = const
-        for i, t in enumerate(graph.outputs):
+        for t in graph.outputs:
             if t is out:  # a graph output must stay a Variable: keep the node
                 break
         else:
@@ -253,7 +253,9 @@ def make_node(
     if output is None:
         output = gs.Variable(unique_name(graph, f"{node_name}_out"), dtype=dtype, shape=shape)
     graph.nodes.append(
-        gs.Node(op=op, name=node_name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=[output])
+        gs.Node(
+            op=op, name=node_name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=[output]
+        )
     )
     return output
 
@@ -324,7 +326,7 @@ def batchnorm_params(node: gs.Node) -> BatchNormParams | None:
     values = [const_value(t) for t in node.inputs[1:5]]
     if any(v is None for v in values):
         return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)  # type: ignore[arg-type]
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
     eps = float(node.attrs.get("epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
     return BatchNormParams(scale=scale, shift=beta - mean * scale)

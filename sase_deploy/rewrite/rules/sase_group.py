@@ -116,7 +116,7 @@ def batchnorm_params(node: gs.Node) -> BatchNormParams | None:
     values = [const_value(t) for t in node.inputs[1:5]]
     if any(v is None for v in values):
         return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)  # type: ignore[arg-type]
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
     scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
     return BatchNormParams(scale=scale, shift=beta - mean * scale)
 
@@ -135,12 +135,12 @@ def _is_const(tensor: gs.Tensor) -> bool:
 def _sum_terms(tensor: gs.Tensor) -> list[gs.Tensor]:
     """Leaves of an Add tree of non-constant tensors (a single tensor is a one-term sum)."""
     node = producer(tensor)
-    if node is not None and node.op in ("Add", "Sum") and len(node.inputs) >= 2:
-        if all(not _is_const(t) for t in node.inputs):
-            terms: list[gs.Tensor] = []
-            for t in node.inputs:
-                terms.extend(_sum_terms(t))
-            return terms
+    is_sum = node is not None and node.op in ("Add", "Sum") and len(node.inputs) >= 2
+    if is_sum and all(not _is_const(t) for t in node.inputs):  # type: ignore[union-attr]
+        terms: list[gs.Tensor] = []
+        for t in node.inputs:  # type: ignore[union-attr]
+            terms.extend(_sum_terms(t))
+        return terms
     return [tensor]
 
 
@@ -160,17 +160,18 @@ def _chunk_of(tensor: gs.Tensor) -> _Chunk:
             if total is None or total % len(node.outputs):
                 raise _NearMiss("the source channel count is unknown or not divisible by G")
             sizes = np.full(len(node.outputs), total // len(node.outputs))
-        sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+        widths = [int(s) for s in np.asarray(sizes).reshape(-1)]
         index = next(i for i, t in enumerate(node.outputs) if t is tensor)
-        start = sum(sizes[:index])
-        return _Chunk(source, start, start + sizes[index], sum(sizes))
+        start = sum(widths[:index])
+        return _Chunk(source, start, start + widths[index], sum(widths))
     if node.op == "Slice":
         source = node.inputs[0]
         shape = shape_of(source)
         if shape is None or len(shape) != 4 or shape[1] is None:
             raise _NearMiss("the source of the channel slices has no static channel count")
-        values = [const_value(t) if i < len(node.inputs) else None for i, t in enumerate(
-            node.inputs[1:5])]
+        values = [
+            const_value(t) if i < len(node.inputs) else None for i, t in enumerate(node.inputs[1:5])
+        ]
         starts, ends = values[0], values[1]
         axes = values[2] if len(values) > 2 and values[2] is not None else np.array([0])
         steps = values[3] if len(values) > 3 and values[3] is not None else np.array([1])
@@ -216,7 +217,7 @@ def _with_bn(layer: _Layer, bn: gs.Node | None) -> _Layer:
 
 
 def _conv_chain(tensor: gs.Tensor) -> tuple[list[_Layer], gs.Tensor]:
-    """Convs (BN folded) separated by ReLUs, read backwards from `tensor`; returns (layers, input)."""
+    """Convs (BN folded) separated by ReLUs, read backwards: (layers in order, chain input)."""
     layers: list[_Layer] = []
     current = tensor
     while True:
@@ -246,8 +247,9 @@ def _linear(node: gs.Node) -> tuple[_Layer, gs.Tensor] | None:
             weight = weight.T
         weight = weight * float(node.attrs.get("alpha", 1.0))
         bias = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
-        bias = np.zeros(weight.shape[0]) if bias is None else bias * float(
-            node.attrs.get("beta", 1.0))
+        bias = (
+            np.zeros(weight.shape[0]) if bias is None else bias * float(node.attrs.get("beta", 1.0))
+        )
         if bias.size not in (1, weight.shape[0]):
             return None
         bias = np.broadcast_to(bias.reshape(-1), (weight.shape[0],))
@@ -317,7 +319,7 @@ def _style_branch(tensor: gs.Tensor) -> _Style:
 
 
 def _mask_branch(tensor: gs.Tensor) -> _Mask:
-    """[Slice of a multi-group map] <- [nearest Resize] <- Sigmoid <- [+noise] <- convs (backwards)."""
+    """Backwards: [channel slice] <- [nearest Resize] <- Sigmoid <- [+noise] <- convs."""
     current = tensor
     position = 0
     sliced = False
@@ -338,7 +340,8 @@ def _mask_branch(tensor: gs.Tensor) -> _Mask:
     if node.op == "Add" and sliced:
         # logits + noise term: keep whichever operand is not the Concat of the logits
         a, b = node.inputs
-        logits, extra = (a, b) if producer(a) is not None and producer(a).op == "Concat" else (b, a)
+        a_node = producer(a)
+        logits, extra = (a, b) if a_node is not None and a_node.op == "Concat" else (b, a)
         current = logits
         node = _node(current)
     if sliced:
@@ -645,14 +648,16 @@ class SaseGroupFusion(RewriteRule):
 
         num = make_node(graph, "MatMul", f"{prefix}/weighted", [s, m_flat])  # (B, Cout, hw)
         axes = make_constant(graph, f"{prefix}/axes", np.array([1], dtype=np.int64))
-        den = make_node(graph, "ReduceSum", f"{prefix}/mask_sum", [m_flat, axes],
-                        attrs={"keepdims": 1})
+        den = make_node(
+            graph, "ReduceSum", f"{prefix}/mask_sum", [m_flat, axes], attrs={"keepdims": 1}
+        )
         eps = make_constant(graph, f"{prefix}/eps", np.array(match.captures["eps"], np.float32))
         den = make_node(graph, "Add", f"{prefix}/mask_sum_eps", [den, eps])
         style = make_node(graph, "Div", f"{prefix}/normalise", [num, den])
         if match.captures["offset"] is not None:
-            one = make_constant(graph, f"{prefix}/offset",
-                                np.array(match.captures["offset"], np.float32))
+            one = make_constant(
+                graph, f"{prefix}/offset", np.array(match.captures["offset"], np.float32)
+            )
             style = make_node(graph, "Add", f"{prefix}/plus_offset", [style, one])
         resize = masks[0].resize
         if resize is None:
@@ -679,7 +684,8 @@ def _grouped_chain(
         current = make_node(graph, "Conv", f"{name}{i}", [current, w, b], attrs=attrs)
         if i + 1 < depth:
             current = make_node(graph, "Relu", f"{name}{i}_relu", [current])
-    return current  # type: ignore[return-value]
+    assert isinstance(current, gs.Variable)
+    return current
 
 
 def _reshape(

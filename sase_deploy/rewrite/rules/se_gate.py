@@ -163,7 +163,9 @@ class _Emitter:
         self.counter += 1
         return f"{self.prefix}/{role}_{self.counter}"
 
-    def _node(self, op: str, inputs: list[gs.Tensor], attrs: dict[str, Any] | None = None) -> gs.Tensor:
+    def _node(
+        self, op: str, inputs: list[gs.Tensor], attrs: dict[str, Any] | None = None
+    ) -> gs.Tensor:
         if self.dry_run:
             return gs.Variable(self._name(op))
         return make_node(self.graph, op, self._name(op), inputs, attrs=attrs)
@@ -262,13 +264,12 @@ class _Emitter:
         self.values[id(out)] = self._value(src)
 
     def _emit_linear(self, node: gs.Node) -> None:
-        src, out = node.inputs[0], node.outputs[0]
+        src, _out = node.inputs[0], node.outputs[0]
         weight = const_value(node.inputs[1])
         if weight is None or weight.ndim != 2:
             raise Unsupported(f"{node.op} '{node.name}' weight is not a constant matrix")
-        if vector_channels(shape_of(src)) != (weight.shape[0] if node.op == "MatMul" else None):
-            if node.op == "MatMul":
-                raise Unsupported(f"MatMul '{node.name}' does not map a channel vector")
+        if node.op == "MatMul" and vector_channels(shape_of(src)) != weight.shape[0]:
+            raise Unsupported(f"MatMul '{node.name}' does not map a channel vector")
         if node.op == "Gemm":
             alpha = float(node.attrs.get("alpha", 1.0))
             beta = float(node.attrs.get("beta", 1.0))
@@ -324,11 +325,9 @@ class _Emitter:
             return None
         value = self._value(tensor)
         conv = self.convs.get(id(value))
-        if conv is None or conv.attrs.get("group", 1) != 1 and False:
+        if conv is None or const_value(conv.inputs[1]) is None:
             return None
-        if const_value(conv.inputs[1]) is None:
-            return None
-        return conv
+        return conv  # grouped convs fold too: BN scales each output channel
 
     def _emit_batchnorm(self, node: gs.Node) -> None:
         src = node.inputs[0]

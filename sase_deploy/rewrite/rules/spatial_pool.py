@@ -79,7 +79,7 @@ def _batchnorm(node: gs.Node) -> BatchNormParams | None:
     values = [const_value(t) for t in node.inputs[1:5]]
     if any(v is None for v in values):
         return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)  # type: ignore[arg-type]
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
     scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
     return BatchNormParams(scale=scale, shift=beta - mean * scale)
 
@@ -110,13 +110,18 @@ class _NoMatch(Exception):
 def _sum_leaves(tensor: gs.Tensor, nodes: list[gs.Node]) -> list[gs.Tensor]:
     """Leaves of an Add/Sum tree (constants included as leaves); the Adds go to `nodes`."""
     node = producer(tensor)
-    if node is not None and node.op in ("Add", "Sum") and len(node.inputs) >= 2:
-        if any(const_value(t) is None for t in node.inputs) and _is_descriptor_sum(node):
-            nodes.append(node)
-            leaves: list[gs.Tensor] = []
-            for t in node.inputs:
-                leaves.extend(_sum_leaves(t, nodes))
-            return leaves
+    if (
+        node is not None
+        and node.op in ("Add", "Sum")
+        and len(node.inputs) >= 2
+        and any(const_value(t) is None for t in node.inputs)
+        and _is_descriptor_sum(node)
+    ):
+        nodes.append(node)
+        leaves: list[gs.Tensor] = []
+        for t in node.inputs:
+            leaves.extend(_sum_leaves(t, nodes))
+        return leaves
     return [tensor]
 
 
@@ -126,7 +131,7 @@ def _is_descriptor_sum(node: gs.Node) -> bool:
         if const_value(t) is not None:
             continue
         p = producer(t)
-        if p is None or p.op not in ("Conv", "Add", "Sum") and p.op not in AVERAGING_OPS:
+        if p is None or (p.op not in ("Conv", "Add", "Sum") and p.op not in AVERAGING_OPS):
             return False
     return True
 
@@ -289,13 +294,12 @@ class SpatialPoolCollapse(RewriteRule):
             xs.append(boundary[0])
         if not branches or any(x is not xs[0] for x in xs):
             raise _NoMatch
-        if not any(n.op in AVERAGING_OPS for b in branches for n in b.pool_nodes):
-            if not all(b.conv is not None for b in branches):
-                raise _NoMatch
-        if len(branches) == 1 and branches[0].conv is None and bn is None and not bias_terms:
-            # a bare pool -> ReLU: only a region pool (RGSE layer4's AvgPool) is claimed
-            if not any(n.op == "AveragePool" for n in branches[0].pool_nodes):
-                raise _NoMatch
+        averaging = any(n.op in AVERAGING_OPS for b in branches for n in b.pool_nodes)
+        if not averaging and not all(b.conv is not None for b in branches):
+            raise _NoMatch
+        bare = len(branches) == 1 and branches[0].conv is None and bn is None and not bias_terms
+        if bare and not any(n.op == "AveragePool" for n in branches[0].pool_nodes):
+            raise _NoMatch  # a bare pool -> ReLU: only a region pool (RGSE layer4) is claimed
         return _Squeeze(xs[0], end, branches, bias_terms, bn, nodes)
 
     def check(self, graph: gs.Graph, match: Match) -> str | None:
@@ -310,7 +314,7 @@ class SpatialPoolCollapse(RewriteRule):
         for branch in squeeze.branches:
             try:
                 pool = self._probe_pool(graph, squeeze.x, branch, height, width)
-            except Exception as err:  # noqa: BLE001 - ORT reports non-agnostic subgraphs so
+            except Exception as err:
                 return f"the pooling subgraph cannot be probed per channel ({type(err).__name__})"
             if isinstance(pool, str):
                 return pool
@@ -396,16 +400,18 @@ class SpatialPoolCollapse(RewriteRule):
         x = rng.standard_normal((2, channels, height, width)).astype(np.float32)
         try:
             ref = next(iter(run_onnx(model, {squeeze.x.name: x}).values())).astype(np.float64)
-        except Exception as err:  # noqa: BLE001 - a subgraph ORT refuses is not collapsible
+        except Exception as err:
             return f"the squeeze subgraph does not run alone ({type(err).__name__})"
         got = np.einsum("bchw,chw->bc", x.astype(np.float64), kernel[:, 0].astype(np.float64))
         got = got + bias[None, :]
         if ref.size != got.size:
             return f"the squeeze output has shape {ref.shape}, not (B, C, 1, 1)"
-        err = np.abs(ref.reshape(got.shape) - got).max()
-        scale = max(np.abs(ref).max(), 1e-12)
-        if err > VERIFY_RTOL * scale:
-            return f"the collapsed weights miss the original squeeze by {err / scale:.2e} (relative)"
+        miss = float(np.abs(ref.reshape(got.shape) - got).max())
+        scale = max(float(np.abs(ref).max()), 1e-12)
+        if miss > VERIFY_RTOL * scale:
+            return (
+                f"the collapsed weights miss the original squeeze by {miss / scale:.2e} (relative)"
+            )
         return None
 
     def rewrite(self, graph: gs.Graph, match: Match) -> None:

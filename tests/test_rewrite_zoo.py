@@ -1,0 +1,43 @@
+"""On every zoo model the fusion pass finds exactly the SE-family blocks the PyTorch model has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from sase_deploy.errors import ParityError
+from sase_deploy.models.registry import list_model_specs
+from sase_deploy.rewrite import fuse_model
+
+FAST = {"se_resnet_digits"}
+
+
+def _export_unfused(name: str, folder: Path) -> onnx.ModelProto:
+    from sase_deploy.export import export_model
+
+    path = folder / f"{name}.onnx"
+    try:
+        export_model(name, path, fuse=False)
+    except ParityError:  # export parity is the exporter's test; fusion is checked ONNX vs ONNX
+        return onnx.load(folder / f"{name}.parity-failed.onnx")
+    return onnx.load(path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(s.name, marks=() if s.name in FAST else (pytest.mark.slow,))
+        for s in list_model_specs()
+    ],
+)
+def test_zoo_blocks_found(name: str, tmp_path: Path) -> None:
+    spec = next(s for s in list_model_specs() if s.name == name)
+    model = _export_unfused(name, tmp_path)
+    result = fuse_model(model)
+    report = result.report
+    assert report["blocks_found"] == dict(spec.se_blocks)
+    onnx.checker.check_model(result.model)
+    assert report["self_check"]["max_rel_diff"] <= 1e-5
+    assert report["nodes_after"] <= report["nodes_before"]
