@@ -143,7 +143,10 @@ def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def export(
-    module: nn.Module, shape: tuple[int, ...] = (1, 3, 16, 16), dynamo: bool = False
+    module: nn.Module,
+    shape: tuple[int, ...] = (1, 3, 16, 16),
+    dynamo: bool = False,
+    opset: int = 18,
 ) -> onnx.ModelProto:
     module = randomise(module)
     x = torch.randn(*shape)
@@ -153,6 +156,6 @@ def export(
         assert program is not None
         return program.model_proto
     torch.onnx.export(
-        module, (x,), buf, dynamo=False, opset_version=18, input_names=["x"], output_names=["y"]
+        module, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"]
     )
     return onnx.load_from_string(buf.getvalue())

@@ -116,18 +116,29 @@ def test_compiled_and_dataparallel_prefixes_are_stripped(tmp_path: Path) -> None
     assert torch.equal(outputs(target), outputs(source))
 
 
+def test_single_wrapper_attribute_is_stripped_when_it_fits(tmp_path: Path) -> None:
+    """PyTorch Lightning saves `{'state_dict': {'model.' + k: ...}}` for `self.model`."""
+    source = trained("hook")
+    sd = {f"model.{k}": v for k, v in source.state_dict().items()}
+    target = Tiny(None)
+    report = load_checkpoint(target, save({"state_dict": sd, "epoch": 3}, tmp_path / "l.ckpt"))
+    assert report.prefixes_stripped == ["model."]
+    torch.testing.assert_close(outputs(target), outputs(source), atol=1e-6, rtol=1e-6)
+
+
 def test_transposed_conv_is_baked_over_dim_1() -> None:
     """torch's spectral norm takes ConvTranspose's norm over the output-channel dim (1)."""
-    layer = nn.utils.spectral_norm(nn.ConvTranspose2d(8, 4, 4, bias=False))
+    layer: nn.ConvTranspose2d = nn.utils.spectral_norm(nn.ConvTranspose2d(8, 4, 4, bias=False))
     layer.train()
     with torch.no_grad():
         layer(torch.randn(1, 8, 3, 3))
     layer.eval()
     with torch.no_grad():
         layer(torch.randn(1, 8, 3, 3))  # eval hook sets layer.weight from weight_orig/u/v
-    assert layer.weight_u.numel() == 4
-    baked = spectral_normalized_weight(layer.weight_orig, layer.weight_u, layer.weight_v, dim=1)
-    assert torch.equal(baked, layer.weight)
+    orig, u, v = (layer.get_parameter("weight_orig"), layer.get_buffer("weight_u"),
+                  layer.get_buffer("weight_v"))  # fmt: skip
+    assert u.numel() == 4
+    assert torch.equal(spectral_normalized_weight(orig, u, v, dim=1), layer.weight)
 
 
 @pytest.mark.parametrize(
@@ -219,9 +230,12 @@ def test_fastgan_ema_without_model_uses_buffer_names(tmp_path: Path) -> None:
     ema = ema_of(g)
     weights = load_state_dict_file(save(fastgan_checkpoint(g, ema), tmp_path / "all.pth"))
     assert weights.ema_applied
-    assert torch.equal(weights.state_dict["conv2.weight_orig"], ema.conv2.weight_orig)
-    assert torch.equal(weights.state_dict["conv2.bias"], ema.conv2.bias)
-    assert torch.equal(weights.state_dict["bn.running_var"], g.bn.running_var)
+    for name, expected in (
+        ("conv2.weight_orig", ema.get_parameter("conv2.weight_orig")),
+        ("conv2.bias", ema.get_parameter("conv2.bias")),
+        ("bn.running_var", g.get_buffer("bn.running_var")),  # buffers come from 'g'
+    ):
+        assert torch.equal(weights.state_dict[name], expected), name
 
 
 def test_fastgan_ema_list_that_does_not_fit_is_refused(tmp_path: Path) -> None:
@@ -306,13 +320,18 @@ def test_whole_pickled_module_needs_unsafe_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
-    [(None, "does not exist"), (b"", "is empty"), (b"hello, not a checkpoint", "not a readable")],
+    ("name", "content", "expected"),
+    [
+        ("x.pth", None, "does not exist"),
+        ("x.pth", b"", "is empty"),
+        ("x.pth", b"hello, not a checkpoint", "not a readable PyTorch checkpoint"),
+        ("x.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ", "safetensors.torch"),
+    ],
 )
 def test_unreadable_files_are_user_errors(
-    tmp_path: Path, content: bytes | None, expected: str
+    tmp_path: Path, name: str, content: bytes | None, expected: str
 ) -> None:
-    path = tmp_path / "x.pth"
+    path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(UserError, match=expected):
@@ -376,14 +395,33 @@ def assert_same_state(model: nn.Module, expected: dict[str, torch.Tensor]) -> No
         assert torch.equal(state[k], v), k
 
 
+@pytest.mark.parametrize("name", ["fastgan_sle_256", "fastgan_slim_256", "fastgan_slim_1024"])
+def test_ema_list_order_matches_official_parameters_order(name: str) -> None:
+    """Without a model, the EMA list is matched in the official `parameters()` order."""
+    from sase_deploy.models.checkpoint import extract_state_dict
+
+    layout = official_layout(name)
+    if layout is None:
+        pytest.skip(f"{LAYOUTS} (layouts read from the official code) is not in this checkout")
+    g = {k: torch.empty(shape) for k, shape in layout["keys"].items()}
+    ema = [torch.empty(layout["keys"][k]) for k in layout["parameters_in_order"]]
+    weights = extract_state_dict({"g": g, "g_ema": ema})
+    for param, tensor in zip(layout["parameters_in_order"], ema, strict=True):
+        assert weights.state_dict[param] is tensor, param
+
+
 @pytest.mark.slow
-def test_fastgan_slim_256_official_all_checkpoint(tmp_path: Path) -> None:
-    """FastGAN-SLIM-256 train.py's all_<iter>.pth: 'g' + 'g_ema' list in the official order."""
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("fastgan_slim_256", ""), ("fastgan_sle_256", "module.")],  # baseline used DataParallel
+)
+def test_fastgan_official_all_checkpoint(tmp_path: Path, name: str, prefix: str) -> None:
+    """FastGAN(-SLIM) train.py's all_<iter>.pth: 'g' + 'g_ema' list in the official order."""
     from sase_deploy.models.registry import create_model
 
-    layout = official_layout("fastgan_slim_256")
+    layout = official_layout(name)
     torch.manual_seed(0)
-    source = create_model("fastgan_slim_256")
+    source = create_model(name)
     g = {k: v.clone() for k, v in source.state_dict().items()}
     order = [name for name, _ in source.named_parameters()]
     if layout is not None:  # our model saves the official layout; the EMA list uses its order
@@ -392,17 +430,18 @@ def test_fastgan_slim_256_official_all_checkpoint(tmp_path: Path) -> None:
     buffers = {k for k, _ in source.named_buffers()}
     ema_state = {k: (g[k] if k in buffers else v) for k, v in perturbed(g).items()}
     ckpt = {
-        "g": g,
+        "g": {prefix + k: v for k, v in g.items()},
         "d": {},
-        "g_ema": [ema_state[name] for name in order],
+        "g_ema": [ema_state[param] for param in order],
         "opt_g": {},
         "opt_d": {},
     }
     path = save(ckpt, tmp_path / "all_50000.pth")
 
-    target = create_model("fastgan_slim_256")
-    report = load_checkpoint(target, path, model_name="fastgan_slim_256")
+    target = create_model(name)
+    report = load_checkpoint(target, path, model_name=name)
     assert report.ema_applied and report.key == "g_ema"
+    assert report.prefixes_stripped == ([prefix] if prefix else [])
     assert_same_state(target, ema_state)
 
     load_checkpoint(target, path, use_ema=False)

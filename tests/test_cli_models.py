@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 
 from sase_deploy.models.registry import list_model_specs
+from sase_deploy.models.spec import ModelSpec
 
 LAYOUTS = Path("/work/shared/official_layouts")
 
 
 @pytest.fixture(scope="module")
-def registered() -> dict[str, object]:
+def registered() -> dict[str, ModelSpec]:
     return {spec.name: spec for spec in list_model_specs()}
 
 
 @pytest.mark.slow  # builds every model once (the FastGAN generators calibrate BatchNorm): ~20 s
-def test_models_json_lists_every_registered_model(run_cli, registered) -> None:  # type: ignore[no-untyped-def]
+def test_models_json_lists_every_registered_model(run_cli, registered) -> None:
     result = run_cli("models", "--json")
     assert result.code == 0, result.stderr
     payload = result.json()  # exactly one JSON object on stdout
@@ -34,7 +35,7 @@ def test_models_json_lists_every_registered_model(run_cli, registered) -> None: 
 
 
 @pytest.mark.slow  # fast after the JSON test (counts are cached per process), ~20 s alone
-def test_models_table_shows_every_model(run_cli, registered) -> None:  # type: ignore[no-untyped-def]
+def test_models_table_shows_every_model(run_cli, registered) -> None:
     result = run_cli("models")
     assert result.code == 0, result.stderr
     for name in registered:
@@ -60,6 +61,35 @@ def test_parameter_counts_equal_the_official_code() -> None:
 
 
 @pytest.mark.parametrize("args", [("--help",), ("models", "--help"), ("--version",)])
-def test_help_and_version_exit_zero(run_cli, args) -> None:  # type: ignore[no-untyped-def]
+def test_help_and_version_exit_zero(run_cli, args) -> None:
     result = run_cli(*args)
     assert result.code == 0 and result.stdout.strip() and not result.stderr
+
+
+def readme_models_table() -> dict[str, dict[str, str]]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- section:models -->")[1].split("<!-- /section:models -->")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        table[cells[0].strip("`")] = {"family": cells[1], "params": cells[3], "se": cells[4]}
+    return table
+
+
+def test_readme_table_lists_the_registry() -> None:
+    table = readme_models_table()
+    assert list(table) == [spec.name for spec in list_model_specs()]
+    for spec in list_model_specs():
+        row = table[spec.name]
+        assert row["family"] == spec.family
+        assert row["se"] == ", ".join(f"{k}:{v}" for k, v in spec.se_blocks.items())
+
+
+@pytest.mark.slow  # builds every model (free after the JSON test)
+def test_readme_table_parameter_counts() -> None:
+    from sase_deploy.commands.models import count_spec_parameters
+
+    table = readme_models_table()
+    for spec in list_model_specs():
+        assert table[spec.name]["params"] == f"{count_spec_parameters(spec) / 1e6:.2f}M"

@@ -9,7 +9,7 @@ from sase_deploy import cli as cli_module
 from sase_deploy.errors import ParityError, UserError
 
 
-def assert_one_line_error(result) -> None:  # type: ignore[no-untyped-def]
+def assert_one_line_error(result) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(("error:", "parity failure:"))
@@ -24,7 +24,7 @@ def assert_one_line_error(result) -> None:  # type: ignore[no-untyped-def]
         (("--no-such-option",), "No such option"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(run_cli, args, expected) -> None:  # type: ignore[no-untyped-def]
+def test_usage_errors_exit_2_with_one_line(run_cli, args, expected) -> None:
     result = run_cli(*args)
     assert result.code == 2
     assert_one_line_error(result)
@@ -39,7 +39,7 @@ def _command_raising(error: Exception) -> click.Command:
     return boom
 
 
-def test_user_error_exits_2_with_its_message(run_cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_user_error_exits_2_with_its_message(run_cli, monkeypatch) -> None:
     message = "checkpoint 'x.pth' does not exist;\n check the path"
     monkeypatch.setitem(cli_module.cli.commands, "boom", _command_raising(UserError(message)))
     result = run_cli("boom")
@@ -48,7 +48,7 @@ def test_user_error_exits_2_with_its_message(run_cli, monkeypatch) -> None:  # t
     assert "checkpoint 'x.pth' does not exist; check the path" in result.stderr
 
 
-def test_checkpoint_user_error_reaches_the_cli_as_one_line(run_cli, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_checkpoint_user_error_reaches_the_cli_as_one_line(run_cli, monkeypatch, tmp_path) -> None:
     from torch import nn
 
     from sase_deploy.models.checkpoint import load_checkpoint
@@ -66,7 +66,7 @@ def test_checkpoint_user_error_reaches_the_cli_as_one_line(run_cli, monkeypatch,
     assert "not a readable PyTorch checkpoint" in result.stderr
 
 
-def test_parity_error_exits_1(run_cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_parity_error_exits_1(run_cli, monkeypatch) -> None:
     error = ParityError("max abs diff 0.3 > atol 0.01")
     monkeypatch.setitem(cli_module.cli.commands, "boom", _command_raising(error))
     result = run_cli("boom")
@@ -74,7 +74,7 @@ def test_parity_error_exits_1(run_cli, monkeypatch) -> None:  # type: ignore[no-
     assert_one_line_error(result)
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
     error = ZeroDivisionError("a bug")
     monkeypatch.setitem(cli_module.cli.commands, "boom", _command_raising(error))
     with pytest.raises(ZeroDivisionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -345,5 +346,11 @@ def test_onnx_export_with_noise_inputs_and_dynamic_batch(tmp_path: Path) -> None
     feed = sample_inputs(input_specs, seed=1, batch=3)  # another batch size than exported
     got = run_onnx(str(path), feed)
     want = _run(model, *(torch.from_numpy(v) for v in feed.values()))
-    for out_name, w in zip(spec.output_names, want, strict=True):
-        np.testing.assert_allclose(got[out_name], w.numpy(), rtol=1e-4, atol=1e-4)
+    # A random-init 1024 px generator amplifies rounding (features grow to ~1e2-1e3), so the
+    # tolerance is a few times torch's own float32 error, measured against float64.
+    want64 = _run(
+        copy.deepcopy(model).double(), *(torch.from_numpy(v).double() for v in feed.values())
+    )
+    for out_name, w, w64 in zip(spec.output_names, want, want64, strict=True):
+        rounding = float((w.double() - w64).abs().max())
+        np.testing.assert_allclose(got[out_name], w.numpy(), rtol=0, atol=max(1e-4, 4 * rounding))

@@ -22,7 +22,7 @@ EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscrip
 
 
 class SlimBlock(nn.Module):
-    """A faithful SLIM InceptionBlock (official layout, spectral norm baked) with knobs for misses."""
+    """SLIM InceptionBlock as officially written (per-mask resize), knobs for near misses."""
 
     def __init__(
         self,
@@ -79,6 +79,8 @@ class SlimBlock(nn.Module):
     def _resize(self, m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.mode == "nearest":
             return F.interpolate(m, size=size, mode="nearest")
+        if self.mode == "nearest-scale":  # Resize with `scales` instead of `sizes`
+            return F.interpolate(m, scale_factor=float(size[0] // int(m.shape[2])), mode="nearest")
         return F.interpolate(m, size=size, mode=self.mode, align_corners=False)
 
     def forward(self, xs: torch.Tensor, xb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -206,6 +208,18 @@ def test_slim_block_fuses_to_grouped_convs(dynamo: bool) -> None:
     _assert_equal_outputs(model, fused, batch=2)
     if not dynamo:  # dynamic batch survives the rewrite
         _assert_equal_outputs(model, fused, batch=3)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_slim_block_with_resize_scales_fuses(dynamo: bool) -> None:
+    torch.manual_seed(7)
+    args = (*_slim_args()[:2], torch.zeros(2, 1, 8, 8))
+    model = _export(SlimBlock(mode="nearest-scale"), args, dynamo)
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
+    onnx.checker.check_model(fused, full_check=True)
+    assert [n.op_type for n in fused.graph.node].count("Resize") == 1
+    _assert_equal_outputs(model, fused, batch=2)
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from sase_deploy.rewrite.rules import SE_GATE_RULES
 
 NON_CANONICAL = {
     *("Reshape", "Flatten", "Expand", "Shape", "Gemm", "MatMul", "Squeeze", "Unsqueeze"),
-    *("Transpose", "BatchNormalization", "ReduceMean", "ReduceMax"),
+    *("Transpose", "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool"),
 }
 
 CASES: dict[str, tuple[Callable[[], nn.Module], str, tuple[int, ...]]] = {
@@ -76,7 +76,7 @@ def test_gate_found_and_canonicalised(case: str, dynamo: bool) -> None:
         assert ops.count("Reshape") == 2 and leftover == {"Reshape"}
     else:
         assert not leftover, f"non-canonical ops left: {leftover}"
-    pools = [op for op in ops if op in ("GlobalAveragePool", "GlobalMaxPool", "AveragePool")]
+    pools = [op for op in ops if op in ("ReduceMean", "ReduceMax", "AveragePool")]
     assert len(pools) == (2 if case in ("cbam_channel", "sle") else 1)
     assert ops.count("Mul") >= 1 and report["nodes_after"] <= report["nodes_before"]
     assert report["self_check"]["max_rel_diff"] <= 1e-5
@@ -85,6 +85,38 @@ def test_gate_found_and_canonicalised(case: str, dynamo: bool) -> None:
     # graph I/O untouched
     assert [i.name for i in result.model.graph.input] == [i.name for i in model.graph.input]
     assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
+
+
+def test_canonical_pool_is_reduce_mean_keepdims() -> None:
+    result = fuse_model(exported("linear_view_expand", False), rules=SE_GATE_RULES)
+    pools = [n for n in result.model.graph.node if n.op_type == "ReduceMean"]
+    assert len(pools) == 1
+    assert [a.i for a in pools[0].attribute if a.name == "keepdims"] == [1]
+    axes = next(i for i in result.model.graph.initializer if i.name == pools[0].input[1])
+    assert onnx.numpy_helper.to_array(axes).tolist() == [2, 3]
+
+
+def test_opset13_axes_attribute() -> None:
+    model = export(Host(LinearSE(16)), opset=13)
+    result = fuse_model(model, rules=SE_GATE_RULES)
+    assert result.report["blocks_found"] == {"se": 1}
+    pool = next(n for n in result.model.graph.node if n.op_type == "ReduceMean")
+    assert len(pool.input) == 1
+    assert [list(a.ints) for a in pool.attribute if a.name == "axes"] == [[2, 3]]
+    onnx.checker.check_model(result.model)
+
+
+def test_gate_mul_downstream_finds_the_gate() -> None:
+    from sase_deploy.rewrite.gate_analysis import gate_mul_downstream
+    from sase_deploy.rewrite.graph_utils import import_graph
+
+    graph = import_graph(exported("torchvision_gap", False))
+    pool = next(n for n in graph.nodes if n.op == "GlobalAveragePool")
+    mul = gate_mul_downstream(pool.outputs[0])
+    assert mul is not None and mul.op == "Mul"
+    assert pool.inputs[0] in mul.inputs  # the gate scales the very map it pooled
+    head = next(n for n in graph.nodes if n.op == "Conv" and n.outputs[0] in graph.outputs)
+    assert gate_mul_downstream(head.outputs[0]) is None  # the network output feeds no gate
 
 
 def test_gemm_becomes_conv_with_folded_bn() -> None:
@@ -228,3 +260,25 @@ def test_plain_products_are_not_reported() -> None:
     model = _model(nodes, [_vi("x", [1, C, H, H])], [], [_vi("y", [1, C, H, H])])
     found, reasons = _declines(model)
     assert found == {} and reasons == []
+
+
+def test_dynamic_batch_shape_chains_disappear() -> None:
+    # view(b, c) with a symbolic batch exports Shape -> Gather -> Unsqueeze -> Concat chains
+    import io
+
+    import torch
+    from rewrite_blocks import randomise
+
+    module = randomise(Host(LinearSE(16, bn=True)))
+    buf = io.BytesIO()
+    torch.onnx.export(
+        module, (torch.randn(2, 3, 16, 16),), buf, dynamo=False, opset_version=18,
+        input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+    )  # fmt: skip
+    model = onnx.load_from_string(buf.getvalue())
+    assert {"Shape", "Gather", "Concat"} <= {n.op_type for n in model.graph.node}
+    result = fuse_model(model, rules=SE_GATE_RULES)
+    assert result.report["blocks_found"] == {"se": 1}
+    ops = {n.op_type for n in result.model.graph.node}
+    assert ops == {"Conv", "Relu", "ReduceMean", "Sigmoid", "Mul"}
+    assert result.model.graph.input[0].type == model.graph.input[0].type  # batch stays symbolic

@@ -71,7 +71,7 @@ def resolve_preprocess(
     if base is None:
         if "size" not in given:
             return None
-        base = Preprocess(size=tuple(given["size"]))  # type: ignore[arg-type]
+        base = Preprocess(size=given["size"])
     return dataclasses.replace(base, **given)
 
 
@@ -121,7 +121,7 @@ def calibrate_onnx(
     data: str,
     output_dir: str | Path,
     *,
-    method: str = "entropy",
+    method: str = "percentile",
     samples: int | None = 512,
     batch: int = 16,
     model_name: str | None = None,

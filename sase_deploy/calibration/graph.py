@@ -237,9 +237,11 @@ def large_reductions(model: onnx.ModelProto, limit: int) -> set[str]:
                 count = math.inf
             else:
                 picked = [a % len(shape) for a in axes] if axes else range(len(shape))
-                dims = [shape[a] for a in picked]
+                reduced = [shape[a] for a in picked]
                 count = (
-                    math.inf if any(d is None for d in dims) else math.prod(d for d in dims if d)
+                    math.inf
+                    if any(d is None for d in reduced)
+                    else math.prod(d for d in reduced if d)
                 )
         if count > limit:
             result.add(node.name)

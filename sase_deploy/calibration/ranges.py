@@ -3,11 +3,12 @@
 From ONNX Runtime's quantization tools: the choice of tensors (`select_tensors_to_calibrate`)
 and the histogram collector with its percentile maths. Written here, because ORT lacks them:
 
-- an in-graph statistics head per tensor (exact ReduceMin/ReduceMax plus a strided subsample of
-  at most ~`HIST_SAMPLES_PER_BATCH` values): ORT's calibrators make every activation a session
-  output (32 M floats per ResNet-50 image) and keep them all until the reader ends (~40 GB for
-  512 samples); with this head only a few hundred KB leave the session per batch and the
-  session keeps ORT's graph optimisations on;
+- an in-graph statistics head per tensor (exact ReduceMin/ReduceMax for minmax; a strided
+  subsample of at most ~`HIST_SAMPLES_PER_BATCH` values for the histogram methods, so their
+  histogram range is the subsample's, not the exact, extreme): ORT's calibrators make every
+  activation a session output (32 M floats per ResNet-50 image) and keep them all until the
+  reader ends (~40 GB for 512 samples); with this head only a few hundred KB leave the session
+  per batch and the session keeps ORT's graph optimisations on;
 - a vectorised entropy (KL) threshold search, ~20x faster than ORT's Python loop.
 
 Ranges are computed once and reused for the Q/DQ model, the TRT cache and the json.
@@ -88,10 +89,11 @@ def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_quantized_bins: int = 
 
 
 def _augment(model: onnx.ModelProto, tensors: list[str], sample: bool) -> onnx.ModelProto:
-    """Add per-tensor outputs: exact min and max, and (for histograms) a strided subsample.
+    """Add per-tensor outputs: exact min and max (minmax), or a strided subsample (histograms).
 
     The stride is computed in the graph (`Size // N + 1`) so any batch or dynamic shape works and
-    only ~N values per tensor leave the session instead of every activation.
+    only ~N values per tensor leave the session instead of every activation. Histogram methods
+    skip the exact min/max: two more full passes over every activation cost ~40 % of the run.
     """
     from onnx import TensorProto, helper
 
@@ -109,14 +111,16 @@ def _augment(model: onnx.ModelProto, tensors: list[str], sample: bool) -> onnx.M
         graph.initializer.append(onnx.numpy_helper.from_array(value, name))
     for index, tensor in enumerate(tensors):
         p = f"calib{index}"
-        graph.node.extend(
-            [
-                helper.make_node("ReduceMin", [tensor], [f"{p}_min"], keepdims=0),
-                helper.make_node("ReduceMax", [tensor], [f"{p}_max"], keepdims=0),
-            ]
-        )
-        outputs = [f"{p}_min", f"{p}_max"]
-        if sample:
+        if not sample:
+            graph.node.extend(
+                [
+                    helper.make_node("ReduceMin", [tensor], [f"{p}_min"], keepdims=0),
+                    helper.make_node("ReduceMax", [tensor], [f"{p}_max"], keepdims=0),
+                ]
+            )
+            outputs = [f"{p}_min", f"{p}_max"]
+        else:
+            outputs = []
             graph.node.extend(
                 [
                     helper.make_node("Reshape", [tensor, "calib_flat"], [f"{p}_flat"]),
@@ -155,7 +159,7 @@ def calibration_tensors(model: onnx.ModelProto) -> list[str]:
 def collect_ranges(
     model: onnx.ModelProto,
     source: CalibrationSource,
-    method: str = "entropy",
+    method: str = "percentile",
     batch_size: int = 16,
     percentile: float = 99.99,
     threads: int | None = None,
@@ -190,9 +194,8 @@ def collect_ranges(
         percentile=percentile,
         scenario="same",
     )
-    wanted = [f"calib{i}_{k}" for i in range(len(tensors)) for k in ("min", "max")]
-    if histogram:
-        wanted += [f"calib{i}_sample" for i in range(len(tensors))]
+    keys = ("sample",) if histogram else ("min", "max")
+    wanted = [f"calib{i}_{k}" for i in range(len(tensors)) for k in keys]
     low = np.full(len(tensors), np.inf)
     high = np.full(len(tensors), -np.inf)
     collect_start = time.perf_counter()
@@ -202,18 +205,12 @@ def collect_ranges(
         task = bar.add_task(f"calibrating ({method})", total=source.num_samples)
         for feed in source.batches(batch_size):
             values = dict(zip(wanted, session.run(wanted, feed), strict=True))
-            mins = np.array([values[f"calib{i}_min"] for i in range(len(tensors))], np.float64)
-            maxs = np.array([values[f"calib{i}_max"] for i in range(len(tensors))], np.float64)
-            low, high = np.minimum(low, mins), np.maximum(high, maxs)
             if histogram:
-                collector.collect(
-                    {
-                        t: np.concatenate([values[f"calib{i}_sample"], [mins[i], maxs[i]]]).astype(
-                            np.float32
-                        )
-                        for i, t in enumerate(tensors)
-                    }
-                )
+                collector.collect({t: values[f"calib{i}_sample"] for i, t in enumerate(tensors)})
+            else:
+                mins = np.array([values[f"calib{i}_min"] for i in range(len(tensors))], np.float64)
+                maxs = np.array([values[f"calib{i}_max"] for i in range(len(tensors))], np.float64)
+                low, high = np.minimum(low, mins), np.maximum(high, maxs)
             seen += len(next(iter(feed.values())))
             bar.update(task, completed=seen)
         timings["collect_s"] = time.perf_counter() - collect_start

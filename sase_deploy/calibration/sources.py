@@ -150,8 +150,8 @@ def _load_image(path: Path, prep: Preprocess) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if prep.channel_order == "L" else "RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("L" if prep.channel_order == "L" else "RGB")
             height, width = prep.size
             if prep.resize is not None:  # shorter side to `resize`, then centre crop
                 short = min(img.size)

@@ -92,7 +92,7 @@ def report_auto_keep(summary: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--method",
     type=click.Choice(["entropy", "minmax", "percentile"]),
-    default="entropy",
+    default="percentile",
     show_default=True,
 )
 @click.option(

@@ -73,25 +73,20 @@ def calibrate_batchnorm(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:
 
     For randomly initialised models only: spectral-normed layers and GLUs shrink activations,
     and with fresh stats (mean 0, var 1) eval outputs end up ~1e-5, useless for FP16/INT8
-    parity checks. A forward pre-hook gives each BN the per-channel mean/variance of the
-    input it actually receives, before it normalises it, so every later layer sees normalised
-    features. Works at batch 1: a BN whose input has one value per channel (BatchNorm1d on a
-    single sample) gets mean 0 and the channels' mean square as variance. The model's mode is
-    restored; checkpoints overwrite these buffers.
+    parity checks. A forward pre-hook gives each BN, before it runs, running mean 0 and running
+    var = the per-channel mean square of the input it actually receives, so every later layer
+    sees features of unit RMS. Not the centred variance: at high resolution a batch-1 map is
+    smooth, its spatial std is small next to its mean, and dividing by it amplifies rounding
+    error ~1000x by 1024 px (float32 vs float64 outputs then differ by 1e-2). The model's
+    mode is restored; checkpoints overwrite these buffers.
     """
 
     def set_stats(bn: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().float()
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
         assert bn.running_mean is not None and bn.running_var is not None
-        channels_last = x.transpose(0, 1).flatten(1)  # (C, values per channel)
-        if channels_last.shape[1] > 1:
-            mean, var = channels_last.mean(dim=1), channels_last.var(dim=1)
-        else:
-            mean = torch.zeros_like(bn.running_mean)
-            var = torch.full_like(bn.running_var, float(x.pow(2).mean()))
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var.clamp_min(1e-8))
+        per_channel = args[0].detach().float().transpose(0, 1).flatten(1)  # (C, values)
+        bn.running_mean.zero_()
+        bn.running_var.copy_(per_channel.pow(2).mean(dim=1).clamp_min(1e-8))
 
     batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     handles = [bn.register_forward_pre_hook(set_stats) for bn in batchnorms]

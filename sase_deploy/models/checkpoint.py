@@ -154,9 +154,13 @@ def _weights_only_detail(message: str) -> str:
 
 def _not_a_checkpoint(path: Path, exc: BaseException) -> UserError:
     reason = _weights_only_detail(str(exc))[:120] or type(exc).__name__
+    fix = "pass a file written by torch.save"
+    if path.suffix == ".safetensors":
+        fix = "convert it: torch.save(safetensors.torch.load_file(path), 'weights.pth')"
+    elif path.suffix == ".onnx":
+        fix = "an ONNX file is already exported; pass a PyTorch checkpoint here"
     return UserError(
-        f"'{path}' is not a readable PyTorch checkpoint ({type(exc).__name__}: {reason}); "
-        "pass a file written by torch.save"
+        f"'{path}' is not a readable PyTorch checkpoint ({type(exc).__name__}: {reason}); {fix}"
     )
 
 
@@ -450,7 +454,9 @@ def _split(key: str) -> tuple[str, str]:
 
 
 @dataclass
-class _Fit:
+class StateDictFit:
+    """A checkpoint mapped onto a model's state-dict names, and what did not map."""
+
     state_dict: StateDict = field(default_factory=dict)
     baked: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -474,11 +480,11 @@ def _checkpoint_parameter_test(model: nn.Module) -> Callable[[str], bool]:
     return is_parameter
 
 
-def fit_state_dict(model: nn.Module, source: Mapping[str, torch.Tensor]) -> _Fit:
+def fit_state_dict(model: nn.Module, source: Mapping[str, torch.Tensor]) -> StateDictFit:
     """Map checkpoint entries onto the model's state-dict names, baking spectral norm as needed."""
     target = model.state_dict()
     modules = dict(model.named_modules())
-    fit = _Fit()
+    fit = StateDictFit()
     used: set[str] = set()
     for key, expected in target.items():
         tensor = _find_entry(source, key, modules, fit, used)
@@ -502,7 +508,7 @@ def _find_entry(
     source: Mapping[str, torch.Tensor],
     key: str,
     modules: Mapping[str, nn.Module],
-    fit: _Fit,
+    fit: StateDictFit,
     used: set[str],
 ) -> torch.Tensor | None:
     if key in source:
@@ -576,6 +582,8 @@ def load_checkpoint(
         model_keys=model_keys,
     )
     fit = fit_state_dict(model, weights.state_dict)
+    if fit.missing:
+        fit = _try_stripping_wrapper_attribute(model, weights, fit)
     if strict and (fit.missing or fit.unexpected or fit.mismatched):
         raise UserError(_mismatch_message(label, fit, weights))
     model.load_state_dict(fit.state_dict, strict=False)
@@ -599,11 +607,32 @@ def load_checkpoint(
     return report
 
 
+def _try_stripping_wrapper_attribute(
+    model: nn.Module, weights: CheckpointWeights, fit: StateDictFit
+) -> StateDictFit:
+    """Keys all under one attribute (Lightning's `model.`, a wrapper's `net.`): strip it if the
+    stripped keys fit the model better. Only taken when it lowers the number of missing keys."""
+    state = weights.state_dict
+    heads = {k.split(".", 1)[0] for k in state}
+    if len(heads) != 1 or not all("." in k for k in state):
+        return fit
+    prefix = heads.pop() + "."
+    if any(k.startswith(prefix) for k in model.state_dict()):
+        return fit
+    stripped = {k[len(prefix) :]: v for k, v in state.items()}
+    candidate = fit_state_dict(model, stripped)
+    if len(candidate.missing) >= len(fit.missing):
+        return fit
+    weights.state_dict = stripped
+    weights.prefixes_stripped.append(prefix)
+    return candidate
+
+
 def _first(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
-def _mismatch_message(label: str, fit: _Fit, weights: CheckpointWeights) -> str:
+def _mismatch_message(label: str, fit: StateDictFit, weights: CheckpointWeights) -> str:
     parts = []
     if fit.missing:
         parts.append(f"{len(fit.missing)} missing keys ({_first(fit.missing)})")

@@ -41,8 +41,15 @@ def _blocks(model: onnx.ModelProto) -> list[tuple[str, list[str], str]]:
     return blocks
 
 
-def wrap_blocks_as_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Return a copy of `model` with each recognised gate as one custom-domain function node."""
+def wrap_blocks_as_functions(
+    model: onnx.ModelProto, kinds: dict[str, str] | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Return a copy of `model` with each recognised gate as one custom-domain function node.
+
+    `kinds` maps a block's output tensor to the kind the pass reported for it (a collapsed SPSE
+    gate looks like a plain gate afterwards; the function is still named `SPSE`).
+    """
+    kinds = kinds or {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = list(out.graph.node)
@@ -53,7 +60,8 @@ def wrap_blocks_as_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, d
     replaced: dict[str, onnx.NodeProto] = {}  # name of the block's last node -> call node
     removed: set[str] = set()
     counts: dict[str, int] = {}
-    for kind, names, output in _blocks(out):
+    for found_kind, names, output in _blocks(out):
+        kind = kinds.get(output, found_kind)
         if any(n not in by_name or n in removed for n in names):
             continue
         body = [by_name[n] for n in names]

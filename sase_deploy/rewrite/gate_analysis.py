@@ -134,8 +134,7 @@ class _Walker:
         if len(self.nodes) >= MAX_GATE_NODES:
             return self._fail("the multiplier's subgraph is too large for a gate")
         if node.op == "Shape":
-            self.nodes[id(node)] = node
-            return "shape"
+            return "shape"  # not a gate node: shape arithmetic stays (cleanup drops it if dead)
         if node.op in GLOBAL_POOLS:
             if node.op.startswith("Reduce") and not _is_spatial_reduce(node):
                 # still a statistic of the map: report the near miss, do not match it
@@ -168,7 +167,8 @@ class _Walker:
             return "bad"
         data = [k for k in out_kinds if k in ("vector", "pooled")]
         if not data:
-            # Built from constants and shapes only: foldable, not a gate.
+            if all(k in ("const", "shape") for k in out_kinds):
+                return "shape"  # shape arithmetic (dynamic batch): only feeds relayouts
             return self._fail(f"'{node.name}' ({node.op}) is not computed from pooled statistics")
         if not self._op_allowed(node):
             return self._fail(

@@ -59,13 +59,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     del out.graph.value_info[:]
     out.graph.value_info.extend(inferred.graph.value_info)
-    known = {v.name for v in out.graph.output}
-    for value in inferred.graph.output:  # outputs may gain shapes too
-        if value.name in known:
-            for target in out.graph.output:
-                if target.name == value.name and not target.type.tensor_type.HasField("shape"):
-                    target.CopyFrom(value)
-    return out
+    return out  # graph inputs/outputs keep their declared types: rewrites must not change them
 
 
 _SHAPE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
@@ -120,7 +114,7 @@ def lower_constant_nodes(graph: gs.Graph) -> int:
         else:
             continue
         out = node.outputs[0]
-        const = gs.Constant(out.name, np.ascontiguousarray(array))
+        const = gs.Constant(out.name, np.array(array, order="C"))
         for consumer in list(out.outputs):
             for i, t in enumerate(consumer.inputs):
                 if t is out:
@@ -234,7 +228,7 @@ def unique_name(graph: gs.Graph, base: str) -> str:
 
 
 def make_constant(graph: gs.Graph, name: str, array: np.ndarray) -> gs.Constant:
-    return gs.Constant(unique_name(graph, name), np.ascontiguousarray(array))
+    return gs.Constant(unique_name(graph, name), np.array(array, order="C"))
 
 
 def make_node(
