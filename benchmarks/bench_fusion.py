@@ -12,6 +12,8 @@ alone from their torch modules and exported. GFLOP is counted from the ONNX grap
 (`sase_deploy.rewrite.flops`); GFLOP/s uses the fused latency and is compared to this
 machine's sgemm rate, measured with numpy (same thread count) in the same run: at the start
 and again after each row, the best rate seen so far (a busy machine only lowers it).
+Fused sase_resnet50 vs fused se_resnet50 GFLOP/s (the efficiency target) is timed as its own
+interleaved pair. A "Targets" list at the end states each of the issue's targets as met/MISSED.
 """
 
 from __future__ import annotations
@@ -117,11 +119,15 @@ def export_zoo(name: str, cache: Path) -> tuple[onnx.ModelProto, str]:
     return onnx.load(path), ""
 
 
+FUSED: dict[str, onnx.ModelProto] = {}  # fused whole models, for the efficiency comparison
+
+
 def measure(
     label: str, unfused: onnx.ModelProto, runs: int, threads: int, sgemm: float, note: str = ""
 ) -> dict[str, Any]:
     result = fuse_model(unfused)
     fused = result.model
+    FUSED[label] = fused
     ms_unfused, ms_fused = time_pair(unfused, fused, runs, threads)
     # sgemm again right after the timing: on a shared machine the rate drifts between rows
     sgemm = max(sgemm, sgemm_gflops(runs=7))
@@ -226,7 +232,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def targets(models: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> list[str]:
+def efficiency(runs: int, threads: int) -> float | None:
+    """Fused sase_resnet50 GFLOP/s over fused se_resnet50 GFLOP/s, timed interleaved."""
+    if "sase_resnet50" not in FUSED or "se_resnet50" not in FUSED:
+        return None
+    se, sase = FUSED["se_resnet50"], FUSED["sase_resnet50"]
+    ms_se, ms_sase = time_pair(se, sase, runs, threads)
+    return (count_gflops(sase) / ms_sase) / (count_gflops(se) / ms_se)
+
+
+def targets(
+    models: list[dict[str, Any]], blocks: list[dict[str, Any]], ratio: float | None = None
+) -> list[str]:
     """The issue's targets, each with the measured value and whether it is met."""
     by_name = {row["name"]: row for row in models}
     lines = []
@@ -244,11 +261,10 @@ def targets(models: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> list[
             f"whole models never slower: worst {worst['name']} {worst['speedup']:.2f}x: "
             f"{_ok(worst['speedup'] >= 1.0)} (ratios within a few % are noise on a busy machine)"
         )
-    if "sase_resnet50" in by_name and "se_resnet50" in by_name:
-        ratio = by_name["sase_resnet50"]["gflop_s"] / by_name["se_resnet50"]["gflop_s"]
+    if ratio is not None:
         lines.append(
-            f"sase_resnet50 GFLOP/s vs se_resnet50 (fused): {ratio:.0%} (target >= 90%): "
-            f"{_ok(ratio >= 0.9)}"
+            f"fused sase_resnet50 GFLOP/s vs fused se_resnet50, timed interleaved: {ratio:.0%} "
+            f"(target >= 90%): {_ok(ratio >= 0.9)}"
         )
     return lines
 
@@ -291,7 +307,7 @@ def main(args: argparse.Namespace) -> None:
             print(markdown([row]).splitlines()[-1], flush=True)
     print("\n## Whole models (ORT CPU, batch 1)\n" + markdown(model_rows))
     print("\n## Blocks alone\n" + markdown(block_rows))
-    summary = targets(model_rows, block_rows)
+    summary = targets(model_rows, block_rows, efficiency(args.runs, args.threads))
     print("\n## Targets\n" + "\n".join(f"- {line}" for line in summary))
     if args.out:
         out = Path(args.out)

@@ -276,3 +276,53 @@ def test_generator_auto_keep_uses_psnr(
     assert result.code == 0, result.stderr
     assert result.json()["auto_keep"]["metric"] == "psnr_db_vs_fp32"
     assert result.json()["auto_keep"]["met"]
+
+
+def test_registry_defaults_from_model_option(run_cli, tiny: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--model se_resnet_digits supplies size 8x8, grey, digits mean/std: no other option."""
+    from PIL import Image
+
+    images = tmp_path / "digits"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    result = run_cli(
+        "calibrate", str(tiny), "--data", str(images), "--model", "se_resnet_digits",
+        "-o", str(tmp_path / "out"), "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    details = json.loads((tmp_path / "out" / "tiny.calib.json").read_text())
+    prep = details["data"]["preprocess"]
+    assert prep["size"] == [8, 8] and prep["channel_order"] == "L" and prep["std"][0] > 1.0
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["se_resnet_digits", "sase_resnet_digits"])
+def test_digits_accuracy_targets(name: str, tmp_path: Path) -> None:
+    """Acceptance: INT8 drop <= 0.5 pt and FP16 drop <= 0.1 pt on the digits test split."""
+    from sase_deploy.calibration import convert_onnx
+    from sase_deploy.export import export_model
+    from sase_deploy.models.digits_data import load_digits_split
+
+    checkpoint = REPO / "examples" / "digits" / f"{name}.pt"
+    if not checkpoint.is_file():
+        pytest.skip(f"trained checkpoint {checkpoint} not committed yet")
+    fp32 = tmp_path / f"{name}.onnx"
+    export_model(name, fp32, checkpoint=checkpoint, dynamic_batch=True)
+    split = load_digits_split()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=split.x_train[:512], y=split.y_train[:512])
+    int8 = calibrate_onnx(fp32, str(calib), tmp_path, samples=512, batch=32).int8_onnx
+    fp16 = convert_onnx(fp32, tmp_path / f"{name}.fp16.onnx").output
+
+    def accuracy(path: Path) -> float:
+        logits = run_onnx(path, {"x": split.x_test})["logits"]
+        return 100.0 * float(np.mean(logits.argmax(1) == split.y_test))
+
+    reference = accuracy(fp32)
+    assert reference > 95.0
+    assert reference - accuracy(fp16) <= 0.1 + 1e-9
+    assert reference - accuracy(int8) <= 0.5 + 1e-9

@@ -159,3 +159,41 @@ def test_as_functions_sle_takes_two_maps() -> None:
     assert call.op_type == "SLE"
     function = result.model.functions[0]
     assert "AveragePool" in [n.op_type for n in function.node]
+
+
+class RaisingRule(DropScalarMul):
+    """A rule whose rewrite crashes: the driver must revert and report, not die."""
+
+    name = "raising"
+
+    def rewrite(self, graph: gs.Graph, match: Match) -> None:
+        raise ValueError("boom")
+
+
+def test_rewrite_exception_is_reverted_and_reported() -> None:
+    model = _scalar_mul_model()
+    result = fuse_model(model, rules=(RaisingRule(),))
+    entry = result.report["rules"][0]
+    assert entry["reverted"] == 2 and entry["applied"] == 0
+    assert all("boom" in m["reason"] for m in entry["matches"])
+    assert len(result.model.graph.node) == len(model.graph.node)
+
+
+def test_overflowing_original_compares_inf_positions() -> None:
+    nodes = [
+        helper.make_node("Mul", ["x", "one"], ["a"], name="times_one"),
+        helper.make_node("Mul", ["a", "big"], ["b"], name="times_big"),
+        helper.make_node("Exp", ["b"], ["y"], name="exp"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        onnx.numpy_helper.from_array(np.array(1000.0, dtype=np.float32), "big"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    graph = helper.make_graph(nodes, "overflow", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    result = fuse_model(model, rules=(DropScalarMul(),))
+    status = {m["anchor"]: m["status"] for m in result.report["rules"][0]["matches"]}
+    assert status == {"times_one": "applied", "times_big": "reverted"}
+    assert 0.0 < result.report["self_check"]["reference_finite_fraction"] < 1.0

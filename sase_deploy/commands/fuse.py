@@ -86,9 +86,10 @@ def fuse_command(
     click.echo(f"blocks found: {blocks}")
     click.echo(f"nodes {before} -> {after} ({(after - before) / max(before, 1):+.1%})")
     for entry in summary["rules"]:
+        unchanged = sum(1 for m in entry["matches"] if m["status"] == "unchanged")
         click.echo(
-            f"  {entry['rule']}: {entry['applied']} applied, {entry['reverted']} reverted, "
-            f"{len(entry['declines'])} declined"
+            f"  {entry['rule']}: {entry['applied']} applied, {unchanged} already canonical, "
+            f"{entry['reverted']} reverted, {len(entry['declines'])} declined"
         )
     check = summary["self_check"]
     if check.get("enabled"):

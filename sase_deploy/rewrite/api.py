@@ -23,7 +23,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise UserError(f"no such ONNX file: {path}; pass the path of an exported .onnx model")
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:
+    except Exception as exc:  # protobuf raises several types for a bad file
         raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
     folder = path.parent.resolve()
     for tensor in onnx.external_data_helper._get_all_tensors(model):

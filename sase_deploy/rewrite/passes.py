@@ -130,7 +130,7 @@ class _Checker:
             self.feed = self.feed or self_check_feed(self.original, self.seed)
             try:
                 self.reference = _run(self.original, self.feed)
-            except Exception as exc:
+            except Exception as exc:  # any ORT failure means the same to the user
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise UserError(
                     f"the input model does not run on ONNX Runtime CPU ({first}); "
@@ -160,7 +160,7 @@ class _Checker:
         self.checks += 1
         try:
             got = _run(candidate, self.feed)
-        except Exception as exc:
+        except Exception as exc:  # a graph ORT rejects is reverted, not fatal
             return False, {}, f"ORT failed on the rewritten graph: {str(exc).splitlines()[0]}"
         mismatch = _non_finite_mismatch(self.reference, got)
         if mismatch is not None:
@@ -248,7 +248,7 @@ def _apply(
     for match in matches:
         try:
             rule.rewrite(graph, match)
-        except Exception as exc:
+        except Exception as exc:  # a rule bug must not kill the export: revert and report it
             errors[match.anchor] = f"rewrite raised {type(exc).__name__}: {exc}"
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return export_model(graph, model), matches, declines, errors

@@ -248,10 +248,12 @@ class _Emitter:
         if key not in self.pools:
             rank = len(shape_of(x) or (0, 0, 0, 0))
             axes = np.arange(2, rank, dtype=np.int64)
+            attrs: dict[str, Any] = {"keepdims": 1}
+            inputs: list[gs.Tensor] = [x]
             if (self.graph.opset or 18) >= 18:
-                inputs, attrs = [x, self._const(axes)], {"keepdims": 1}
+                inputs.append(self._const(axes))
             else:
-                inputs, attrs = [x], {"keepdims": 1, "axes": [int(a) for a in axes]}
+                attrs["axes"] = [int(a) for a in axes]
             self.pools[key] = self._node(op, inputs, attrs)
         return self.pools[key]
 

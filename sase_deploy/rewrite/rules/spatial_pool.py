@@ -55,7 +55,7 @@ AVERAGING_OPS = frozenset(
     {"ReduceMean", "ReduceSum", "GlobalAveragePool", "AveragePool", "MatMul", "Einsum"}
 )
 MAX_POOL_NODES = 256
-MAX_PROBE_ELEMENTS = 64 * 1024 * 1024  # (H*W)^2 floats of basis images: 112x112 maps at most
+MAX_PROBE_ELEMENTS = 64 * 1024 * 1024  # (H*W)^2 basis-image floats: maps up to ~90x90
 VERIFY_RTOL = 1e-5
 
 

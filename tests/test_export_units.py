@@ -1,0 +1,108 @@
+"""Unit tests of the export stage's parts: parsing, lowering exactness, graph inspection."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from sase_deploy.errors import UserError
+from sase_deploy.export import parse_model_args, parse_shape
+from sase_deploy.export.graph import name_nodes, random_nodes
+from sase_deploy.export.lowering import lower_for_export, record_pool_inputs
+from sase_deploy.models.pooling import ExportableAdaptiveAvgPool2d
+
+
+def test_parse_shape():
+    assert parse_shape("1x3x224x224") == (1, 3, 224, 224)
+    assert parse_shape(" 2X8 ") == (2, 8)
+    for bad in ("", "1x", "x3", "1x0x4", "1x-3", "a", "1.5x2"):
+        with pytest.raises(UserError, match="bad --input-shape"):
+            parse_shape(bad)
+
+
+def test_parse_model_args_takes_literals_and_strings():
+    assert parse_model_args(["noise=input", "width=8", "scale=0.5", "flag=True", "s=seed:3"]) == {
+        "noise": "input",
+        "width": 8,
+        "scale": 0.5,
+        "flag": True,
+        "s": "seed:3",
+    }
+    with pytest.raises(UserError, match="key=value"):
+        parse_model_args(["novalue"])
+
+
+class _Pools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.even = nn.AdaptiveAvgPool2d(7)  # 14 -> 7: even bins, left to the exporter
+        self.four = nn.AdaptiveAvgPool2d(4)  # 14 -> 4: uneven
+        self.rect = nn.AdaptiveAvgPool2d((2, 3))  # 14 x 14 -> 2 x 3: uneven in width
+        self.one = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [p(x).flatten(1) for p in (self.even, self.four, self.rect, self.one)]
+        return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("size", [7, 14, 9])
+def test_uneven_pool_lowering_is_exact_and_leaves_the_original(size: int):
+    model = _Pools().eval()
+    x = torch.randn(2, 5, size, size, dtype=torch.float64)
+    with record_pool_inputs(model) as seen, torch.no_grad():
+        want = model(x)
+    lowered, done = lower_for_export(model, seen)
+    uneven = {"even": size % 7, "four": size % 4, "rect": size % 2 or size % 3, "one": 0}
+    assert {d.module for d in done} == {name for name, rest in uneven.items() if rest}
+    for name, rest in uneven.items():
+        kind = ExportableAdaptiveAvgPool2d if rest else nn.AdaptiveAvgPool2d
+        assert isinstance(getattr(lowered, name), kind)
+        assert isinstance(getattr(model, name), nn.AdaptiveAvgPool2d)  # original untouched
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), want, rtol=0, atol=1e-12)
+    assert not model._forward_pre_hooks and not model.four._forward_pre_hooks
+
+
+def test_nothing_to_lower_returns_the_model_itself():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)).eval()
+    with record_pool_inputs(model) as seen, torch.no_grad():
+        model(torch.randn(1, 3, 9, 9))
+    assert lower_for_export(model, seen) == (model, [])
+
+
+def _graph_with(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "g", [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_random_nodes_are_found_in_subgraphs():
+    branch = helper.make_graph(
+        [helper.make_node("RandomNormalLike", ["x"], ["r"], name="noise")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1])],
+    )
+    keep = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["k"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("k", TensorProto.FLOAT, [1])],
+    )
+    cond = helper.make_node("Cast", ["x"], ["c"], to=TensorProto.BOOL)
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=keep)
+    model = _graph_with([cond, node])
+    assert random_nodes(model) == ["RandomNormalLike 'noise'"]
+    assert random_nodes(_graph_with([helper.make_node("Relu", ["x"], ["y"])])) == []
+
+
+def test_name_nodes_numbers_in_graph_order_and_drops_doc_strings():
+    relu = helper.make_node("Relu", ["x"], ["a"], name="/some/torch/path", doc_string="trace")
+    neg = helper.make_node("Neg", ["a"], ["y"], name="whatever")
+    model = name_nodes(_graph_with([relu, neg]))
+    assert [(n.name, n.doc_string) for n in model.graph.node] == [("Relu_0", ""), ("Neg_1", "")]
