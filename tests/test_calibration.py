@@ -326,3 +326,39 @@ def test_digits_accuracy_targets(name: str, tmp_path: Path) -> None:
     assert reference > 95.0
     assert reference - accuracy(fp16) <= 0.1 + 1e-9
     assert reference - accuracy(int8) <= 0.5 + 1e-9
+
+
+def test_auto_keep_greedy_keeps_the_fewest_most_harmful_layers() -> None:
+    """Each layer's damage is known (a: 3 pt, b: 0.2 pt, c: 1 pt; additive): TOL 1.5 -> keep a."""
+    from sase_deploy.calibration.sensitivity import Evaluator, auto_keep
+
+    damage = {"a": 3.0, "b": 0.2, "c": 1.0}
+
+    class Additive(Evaluator):
+        def score(self, model: onnx.ModelProto) -> float:
+            lowered = model.doc_string.split(",") if model.doc_string else []
+            return 100.0 - sum(damage[n] for n in lowered)
+
+        def baseline(self) -> float:
+            return 100.0
+
+    def build(lowered: set[str]) -> onnx.ModelProto:
+        return onnx.ModelProto(doc_string=",".join(sorted(lowered)))
+
+    evaluator = Additive(feeds=[], task="classification")
+    result = auto_keep(damage, build, evaluator, tolerance=1.5)
+    assert result.kept == ["a"] and result.met
+    assert result.all_lowered == pytest.approx(95.8) and result.final == pytest.approx(98.8)
+    assert result.per_node == pytest.approx({"a": 97.0, "b": 99.8, "c": 99.0})
+    strict = auto_keep(damage, build, evaluator, tolerance=0.1)
+    assert strict.kept == ["a", "c", "b"] and strict.met  # only all-kept meets 0.1 pt
+    assert auto_keep(damage, build, evaluator, tolerance=5.0).kept == []
+
+
+def test_cli_help_lists_the_options(run_cli) -> None:  # type: ignore[no-untyped-def]
+    calibrate = run_cli("calibrate", "--help")
+    assert (
+        calibrate.code == 0 and "--auto-keep" in calibrate.stdout and "--method" in calibrate.stdout
+    )
+    convert = run_cli("convert", "--help")
+    assert convert.code == 0 and "--precision" in convert.stdout

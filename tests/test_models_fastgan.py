@@ -249,35 +249,95 @@ def test_noise_sites_and_input_specs(name: str, expected: list[str]) -> None:
 
 
 def _official_slim(block: SLIMBlock, xs: torch.Tensor, xb: torch.Tensor, noise: Any) -> Any:
-    """The paper's formula at full resolution: per-group masks resized, then mixed."""
+    """Independent reference in the official code's own spelling: masks stacked (B, G, 1, H, H),
+    styles stacked (B, G, Cout, 1, 1), one broadcast product summed over G; `size=` resizes.
+    The 256 variant sigmoids and resizes each mask; the 1024 one adds noise to the concatenated
+    logits first."""
+    size = xb.shape[-1]
     chunks = torch.split(xs, xs.shape[1] // block.groups, dim=1)
-    styles = [branch(x) for x, branch in zip(chunks, block.channel_attn, strict=True)]
-    logits = torch.cat([b(x) for x, b in zip(chunks, block.spatial_attn, strict=True)], dim=1)
-    if block.noise_injection is not None:
-        logits = logits + block.noise_injection.weight * noise
-    masks = F.interpolate(torch.sigmoid(logits), size=xb.shape[-1], mode="nearest")
-    num = sum(masks[:, g : g + 1] * s[:, :, None, None] for g, s in enumerate(styles))
-    return xb * (num / (masks.sum(dim=1, keepdim=True) + 1e-6) + 1)
+    styles = torch.stack([b(x) for x, b in zip(chunks, block.channel_attn, strict=True)], dim=1)
+    logits = [b(x) for x, b in zip(chunks, block.spatial_attn, strict=True)]
+    if block.noise_injection is None:
+        masks = torch.cat([F.interpolate(torch.sigmoid(t), size) for t in logits], dim=1)
+    else:
+        noisy = torch.cat(logits, dim=1) + block.noise_injection.weight * noise
+        masks = F.interpolate(torch.sigmoid(noisy), size)
+    masks = masks.unsqueeze(2)
+    styles = styles[:, :, :, None, None]
+    style = (masks * styles).sum(dim=1) / (masks.sum(dim=1) + 1e-6) + 1
+    return xb * style
 
 
-@pytest.mark.parametrize("mask_noise", [False, True])
-def test_slim_block_equals_full_resolution_formula(mask_noise: bool) -> None:
-    torch.manual_seed(0)
+def _slim_block(mask_noise: bool, seed: int = 0) -> SLIMBlock:
+    """A small eval-mode block, spectral norm settled, non-trivial BN statistics, noise weight 0.7."""
+    torch.manual_seed(seed)
     block = SLIMBlock(64, 8, 16, 64, groups=4, reduction=4, dilation=2, mask_noise=mask_noise)
-    block.eval()
+    settle_spectral_norm(block).eval()  # raw u/v blow the weights up and saturate the masks
     for bn in block.modules():
         if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
             bn.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
             bn.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
-    noise = torch.randn(3, 1, 8, 8)
     if block.noise_injection is not None:
         block.noise_injection.weight.data.fill_(0.7)
+    return block
+
+
+@pytest.mark.parametrize("mask_noise", [False, True])
+def test_slim_block_equals_official_formula(mask_noise: bool) -> None:
+    block = _slim_block(mask_noise)
+    noise = torch.randn(3, 1, 8, 8)
     xs, xb = torch.randn(3, 64, 8, 8), torch.randn(3, 16, 64, 64)
     with torch.no_grad():
         ours = block(xs, xb, noise)
         reference = _official_slim(block, xs, xb, noise)
+        if mask_noise:  # the noise really enters (before the sigmoid), so order is tested
+            without = _official_slim(block, xs, xb, torch.zeros_like(noise))
+            assert not torch.allclose(reference, without, atol=1e-3)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, xb)  # the block does modulate
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("mask_noise", [False, True])
+def test_slim_block_exports_in_official_order(mask_noise: bool, dynamo: bool) -> None:
+    """Both exporters, dynamic batch, no random ops, ORT parity; the masks are resized to the
+    target before the mix (G Resizes, or one for the concatenated 1024 masks) and the mix
+    runs at the target resolution."""
+    import io
+
+    import onnx
+
+    block = remove_spectral_norm(_slim_block(mask_noise, seed=1))  # baked, as deployed
+    args = (torch.randn(2, 64, 8, 8), torch.randn(2, 16, 64, 64), torch.randn(2, 1, 8, 8))
+    names = ["xs", "xb", "noise"]
+    buffer = io.BytesIO()
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=16)
+        torch.onnx.export(
+            block, args, buffer, dynamo=True, input_names=names, output_names=["out"],
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+        )  # fmt: skip
+    else:
+        torch.onnx.export(
+            block, args, buffer, dynamo=False, opset_version=18, input_names=names,
+            output_names=["out"], dynamic_axes={n: {0: "batch"} for n in [*names, "out"]},
+        )  # fmt: skip
+    model = onnx.load_from_string(buffer.getvalue())
+    ops = [n.op_type for n in model.graph.node]
+    assert not any(op.startswith("Random") for op in ops)
+    assert ops.count("Resize") == (1 if mask_noise else 4)
+    # the styles are mixed at the target resolution: the mix's Div is (B, Cout, 64, 64)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in inferred.value_info}
+    (div,) = [n for n in inferred.node if n.op_type == "Div"]
+    assert [d.dim_value for d in shapes[div.output[0]]][1:] == [16, 64, 64]
+    xs, xb, noise = torch.randn(3, 64, 8, 8), torch.randn(3, 16, 64, 64), torch.randn(3, 1, 8, 8)
+    feed = {"xs": xs.numpy(), "xb": xb.numpy(), "noise": noise.numpy()}
+    feed = {i.name: feed[i.name] for i in model.graph.input}  # unused noise is dropped
+    got = run_onnx(model, feed)["out"]
+    with torch.no_grad():
+        want = block(xs, xb, noise)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_slim_block_key_layout() -> None:

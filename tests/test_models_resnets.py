@@ -169,6 +169,25 @@ def test_sase_block_is_configurable() -> None:
     assert isinstance(conv2, SASEConv2d) and conv2.groups == 2 and conv2.hidden == 4
 
 
+def test_random_init_sase_masks_stay_out_of_the_sigmoid_tail() -> None:
+    """ORT's Sigmoid flushes to 0 below about -17 where torch does not; with eps = 1e-6 that
+    tail would decide the style, so random-init nets must keep mask logits moderate."""
+    torch.manual_seed(5)
+    model = resnets.sase_resnet26().eval()
+    logits: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, SASEConv2d):
+            for mask_net in module.spatial_attn:
+                mask_net.get_submodule("9").register_forward_hook(
+                    lambda _m, _i, out: logits.append(out)
+                )
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 224, 224))
+    assert len(logits) == 8 * 4
+    assert max(float(t.abs().max()) for t in logits) < 10
+    assert max(float(t.std()) for t in logits) > 1e-3  # masks still vary spatially
+
+
 def _spse_gate_reference(block: SPSEBottleneck, res: torch.Tensor) -> torch.Tensor:
     """SPSE gate computed with torch's own nn.AdaptiveAvgPool2d (the official semantics)."""
     summed = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,8 +13,8 @@ from rewrite_blocks import ECA, CBAMChannel, Host, LinearSE, SleHost, export
 
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite import fuse_model
-from sase_deploy.rewrite.graph_utils import const_value, replace_uses
-from sase_deploy.rewrite.passes import self_check_feed
+from sase_deploy.rewrite.graph_utils import const_value, import_graph, replace_uses
+from sase_deploy.rewrite.passes import NOISE_FLOOR_FACTOR, _Checker, self_check_feed
 from sase_deploy.rewrite.rule import Match, RewriteRule
 from sase_deploy.rewrite.rules import CLEANUP_RULES, SE_GATE_RULES
 from sase_deploy.rewrite.rules.se_gate import SeGateCanonicalise
@@ -68,6 +69,73 @@ def test_self_check_reverts_only_the_wrong_match() -> None:
     assert [n.op_type for n in result.model.graph.node] == ["Relu", "Mul", "Relu"]
     feed = self_check_feed(model)
     np.testing.assert_allclose(run_onnx(result.model, feed)["y"], run_onnx(model, feed)["y"])
+
+
+class NudgeScalarMul(RewriteRule):
+    """A deliberately wrong block rewrite: scales each scalar Mul by 1 + 1e-4 (its output is
+    the block output), too small to see by eye, 10x over the block tolerance."""
+
+    name = "nudge_scalar_mul"
+
+    def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
+        return (n for n in list(graph.nodes) if n.op == "Mul")
+
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match | None:
+        value = const_value(anchor.inputs[1])
+        if value is None or value.size != 1:
+            return None
+        return Match(self.name, anchor.name, kind="se", nodes=[anchor],
+                     block_output=anchor.outputs[0].name)  # fmt: skip
+
+    def rewrite(self, graph: gs.Graph, match: Match) -> None:
+        node = match.nodes[0]
+        value = np.asarray(const_value(node.inputs[1]), dtype=np.float32) * np.float32(1 + 1e-4)
+        node.inputs[1] = gs.Constant(f"{node.name}/nudged", np.array(value, dtype=np.float32))
+
+
+def test_block_output_check_reverts_a_slightly_wrong_block() -> None:
+    result = fuse_model(_scalar_mul_model(), rules=(NudgeScalarMul(),))
+    entry = result.report["rules"][0]
+    assert entry["applied"] == 0 and entry["reverted"] == 2
+    reasons = [m["reason"] for m in entry["matches"]]
+    assert all("block output" in r for r in reasons), reasons  # caught at the block, first
+    assert result.report["self_check"]["blocks_checked"] == 2
+
+
+def test_network_tolerance_follows_the_noise_floor() -> None:
+    model = _scalar_mul_model()
+    wrong = copy.deepcopy(model)
+    wrong.graph.initializer[1].CopyFrom(
+        onnx.numpy_helper.from_array(np.array(2.0002, dtype=np.float32), "two")
+    )  # network output off by 1e-4 of its scale; no block outputs named
+    check = _Checker(model, enabled=True, tolerance=1e-5, seed=0)
+    assert check.noise_floor == 0.0  # Mul/Relu: no reassociation anywhere, ORT agrees exactly
+    ok, stats, why = check(wrong)
+    assert not ok and why is not None and "noise floor" in why
+    assert 5e-5 < stats["max_rel_diff"] < 2e-4
+    check.noise_floor = 1e-4  # a chaotic network: the original is this far from itself
+    assert check.network_tolerance == NOISE_FLOOR_FACTOR * 1e-4
+    assert check(wrong)[0]
+    assert not check(wrong, ["c"])[0]  # the block output still has to match at 1e-5
+
+
+def test_import_graph_reads_identity_of_a_constant_as_the_constant() -> None:
+    # TorchScript dedupes equal initializers through Identity nodes
+    nodes = [
+        helper.make_node("Identity", ["zero"], ["zero_again"], name="dedup"),
+        helper.make_node("Add", ["x", "zero_again"], ["y"], name="add"),
+    ]
+    zero = onnx.numpy_helper.from_array(np.zeros((1, 4), np.float32), "zero")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], [zero]),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=9,
+    )
+    graph = import_graph(model)
+    assert [n.op for n in graph.nodes] == ["Add"]
+    assert const_value(graph.nodes[0].inputs[1]) is not None
 
 
 def test_without_self_check_the_unsound_rewrite_stays() -> None:
@@ -151,6 +219,24 @@ def test_as_functions_runs_on_ort_and_matches() -> None:
         ref = run_onnx(model, feed)
         for key in ref:
             np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5)
+
+
+def test_as_functions_wraps_a_fused_sase_block() -> None:
+    from sase_deploy.models.sase import SASEConv2d
+
+    model = export(SASEConv2d(16, 16), shape=(1, 16, 8, 8))
+    plain = fuse_model(model)
+    result = fuse_model(model, as_functions=True)
+    assert result.report["blocks_found"] == {"sase": 1}
+    assert result.report["as_functions"]["functions"] == {"SASE": 1}
+    onnx.checker.check_model(result.model)
+    calls = [n for n in result.model.graph.node if n.domain == "sase_deploy"]
+    assert [n.op_type for n in calls] == ["SASE"]
+    assert len(result.model.graph.node) < len(plain.model.graph.node) - 10
+    feed = self_check_feed(model)
+    np.testing.assert_allclose(
+        run_onnx(result.model, feed)["y"], run_onnx(plain.model, feed)["y"], rtol=0, atol=1e-6
+    )
 
 
 def test_as_functions_sle_takes_two_maps() -> None:

@@ -329,6 +329,51 @@ def test_slim_1024_mask_noise_input_is_carried() -> None:
     _assert_equal_outputs(model, fused, batch=1)
 
 
+class HalfFusedSlim(nn.Module):
+    """A zoo SLIMBlock's branches run in the half-fused form the rule also accepts: styles
+    stacked (B, Cout, G) @ sigmoid(cat logits [+ noise]) (B, G, h*h), mixed at the source
+    resolution, then one nearest Resize of the style (the zoo block's former forward)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, xs: torch.Tensor, xb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        chunks = torch.split(xs, b.group_channels, dim=1)
+        styles = torch.stack([br(x) for x, br in zip(chunks, b.channel_attn, strict=True)], 2)
+        logits = torch.cat([br(x) for x, br in zip(chunks, b.spatial_attn, strict=True)], 1)
+        if b.noise_injection is not None:
+            logits = b.noise_injection(logits, noise)
+        masks = torch.sigmoid(logits)
+        side = b.size_in
+        mixed = torch.matmul(styles, masks.reshape(-1, b.groups, side * side))
+        mixed = mixed.reshape(-1, b.ch_out, side, side)
+        style = mixed / (masks.sum(dim=1, keepdim=True) + 1e-6) + 1
+        return xb * F.interpolate(style, scale_factor=b.size_out // side, mode="nearest")
+
+
+@pytest.mark.parametrize(
+    ("mask_noise", "dynamo"), [(False, True), (True, False)], ids=["256-dynamo", "1024-ts"]
+)
+def test_half_fused_slim_block_fuses(mask_noise: bool, dynamo: bool) -> None:
+    from sase_deploy.models.slim import SLIMBlock
+
+    torch.manual_seed(7)
+    block = _zoo_block(SLIMBlock(128, 8, 16, 32, dilation=4, mask_noise=mask_noise))
+    if block.noise_injection is not None:
+        with torch.no_grad():
+            block.noise_injection.weight.fill_(0.7)
+        block.noise_injection.mode = "input"
+    model = _export(HalfFusedSlim(block).eval(), _slim_args(128, 16, 8, 32), dynamo)
+    assert "MatMul" in _ops(model)  # really the half-fused form
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
+    onnx.checker.check_model(fused, full_check=True)
+    assert [i.name for i in fused.graph.input] == [i.name for i in model.graph.input]
+    _assert_equal_outputs(model, fused, batch=2)
+
+
 def test_sase_resnet_bottleneck_fuses() -> None:
     from sase_deploy.models.resnets import sase_resnet50
 

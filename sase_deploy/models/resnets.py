@@ -203,6 +203,9 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for module in self.modules():  # after the generic conv init above
+            if isinstance(module, SASEConv2d):
+                module.init_near_identity()
 
     def stage_modules(self) -> list[nn.Module]:
         return [self.get_submodule(f"layer{i + 1}") for i in range(self.stages)]

@@ -29,23 +29,24 @@ from sase_deploy.models.pooling import GlobalAvgPool2d
 from sase_deploy.models.se import reduced_channels
 
 STYLE_EPS = 1e-6
-# Std of the style MLP's last Linear at init. In eval mode BatchNorm1d does not normalise, so a
-# style vector grows with its input's scale and a deep random-init net would overflow; small
-# weights start every block near the plain conv (style ~ 1) yet keep the path non-trivial.
+# Init std of the style MLP's last Linear and of the mask's last 1x1 conv. In eval mode the
+# BatchNorms of a random-init net do not normalise, so styles and mask logits grow with the
+# input's scale: a deep net would overflow (style) and saturate its masks far into the sigmoid
+# tail, where ONNX Runtime's Sigmoid flushes to 0 below about -17 while torch does not, and
+# with eps = 1e-6 that tail decides the style. Small weights keep styles near 1 and mask logits
+# within a few units, while keeping both paths non-trivial for parity checks.
 STYLE_INIT_STD = 0.01
+MASK_INIT_STD = 0.001
 
 
 def _style_branch(group_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
-    project = nn.Linear(hidden, out_channels)
-    nn.init.normal_(project.weight, std=STYLE_INIT_STD)
-    nn.init.zeros_(project.bias)
     return nn.Sequential(
         GlobalAvgPool2d(flatten=True),  # (B, Cg)
         nn.Flatten(),  # no-op after the pool; keeps SLIM's indices (Linear at 2)
         nn.Linear(group_channels, hidden),
         nn.BatchNorm1d(hidden),
         nn.ReLU(),
-        project,
+        nn.Linear(hidden, out_channels),
     )
 
 
@@ -94,6 +95,19 @@ class SASEConv2d(nn.Module):
         self.spatial_attn = nn.ModuleList(
             _mask_branch(self.group_channels, self.hidden, dilation) for _ in range(groups)
         )
+        self.init_near_identity()
+
+    def init_near_identity(self) -> None:
+        """Small last-layer weights in both branches (see `STYLE_INIT_STD`); networks that
+        re-initialise their convs call this again afterwards."""
+        for style_mlp, mask_net in zip(self.channel_attn, self.spatial_attn, strict=True):
+            for layer, std in (
+                (style_mlp.get_submodule("5"), STYLE_INIT_STD),
+                (mask_net.get_submodule("9"), MASK_INIT_STD),
+            ):
+                assert isinstance(layer, nn.Linear | nn.Conv2d) and layer.bias is not None
+                nn.init.normal_(layer.weight, std=std)
+                nn.init.zeros_(layer.bias)
 
     def styles_and_masks(
         self, x: torch.Tensor, out_size: tuple[int, int]

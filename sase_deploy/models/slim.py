@@ -6,15 +6,19 @@ the code is written from the paper's description and that layout, not copied.
 
 A low-res source `xs` (B, Cin, h, h) modulates a high-res target `xb` (B, Cout, H, H). `xs`
 is split into G channel groups; each group g yields a style vector s_g (B, Cout) and a spatial
-mask m_g (B, 1, h, h), and
+mask m_g (B, 1, H, H) (sigmoid, then nearest-resized from h to H), and
 
-    style = sum_g m_g * s_g / (sum_g m_g + 1e-6) + 1,    out = xb * resize_nearest(style, H).
+    style = sum_g m_g * s_g / (sum_g m_g + 1e-6) + 1,    out = xb * style.
 
-Deployment formulation (same numbers as the official one): the official code resizes each mask
-to H x H and then mixes styles at full resolution. Nearest resizing only repeats pixels and
-every step after it is per pixel, so mixing at h x h and resizing the (B, Cout, h, h) style
-once gives identical values at (H/h)^2 times less work. The mix is a batched matmul
-(B, Cout, G) @ (B, G, h*h) instead of a 5-D broadcast product.
+The block computes in the official order, at the TARGET resolution (per-group sigmoid +
+nearest resize in the 256 variant; in the 1024 variant the G logits are concatenated, the noise
+added, then one sigmoid and one resize, the per-group masks being channel slices of that), so
+the exported graph has the official form's cost. One spelling differs: the official code sums
+a stacked 5-D broadcast product with `torch.sum(dim=1)`; here the same sum is a chain of
+per-group products and adds (same values, no 5-D tensors). This is not the cheap way to run the
+block: `sase-deploy fuse` (rule `SaseGroupFusion`) rewrites the exported graph to grouped convs
+that mix the styles at the SOURCE resolution and resize the mixed style once (exact: nearest
+resizing commutes with the per-pixel aggregation).
 """
 
 from __future__ import annotations
@@ -113,19 +117,22 @@ class SLIMBlock(nn.Module):
         self, x_small: torch.Tensor, x_big: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
         chunks = torch.split(x_small, self.group_channels, dim=1)
-        styles = torch.stack(
-            [branch(x) for x, branch in zip(chunks, self.channel_attn, strict=True)], dim=2
-        )  # (B, Cout, G)
-        logits = torch.cat(
-            [branch(x) for x, branch in zip(chunks, self.spatial_attn, strict=True)], dim=1
-        )  # (B, G, h, h)
-        if self.noise_injection is not None:
-            logits = self.noise_injection(logits, noise)
-        masks = torch.sigmoid(logits)
-        # Constant target shapes (-1 = batch) keep shape arithmetic out of the exported graph.
-        side = self.size_in
-        mixed = torch.matmul(styles, masks.reshape(-1, self.groups, side * side))
-        mixed = mixed.reshape(-1, self.ch_out, side, side)
-        style = mixed / (masks.sum(dim=1, keepdim=True) + MASK_EPS) + 1
-        style = F.interpolate(style, scale_factor=self.size_out // self.size_in, mode="nearest")
-        return x_big * style
+        styles = [branch(x) for x, branch in zip(chunks, self.channel_attn, strict=True)]
+        logits = [branch(x) for x, branch in zip(chunks, self.spatial_attn, strict=True)]
+        if self.noise_injection is None:  # 256 variant: each mask sigmoided and resized alone
+            masks = [self._to_target(torch.sigmoid(logit)) for logit in logits]
+        else:  # 1024 variant: concat the logits, add noise, one sigmoid, one resize
+            noisy = self.noise_injection(torch.cat(logits, dim=1), noise)
+            all_masks = self._to_target(torch.sigmoid(noisy))
+            masks = [all_masks[:, g : g + 1] for g in range(self.groups)]
+        weighted = masks[0] * styles[0][:, :, None, None]
+        mask_sum = masks[0]
+        for mask, style in zip(masks[1:], styles[1:], strict=True):
+            weighted = weighted + mask * style[:, :, None, None]
+            mask_sum = mask_sum + mask
+        return x_big * (weighted / (mask_sum + MASK_EPS) + 1)
+
+    def _to_target(self, masks: torch.Tensor) -> torch.Tensor:
+        """Nearest resize h -> H. A constant integer scale keeps shape arithmetic (and the
+        batch dimension) out of the exported graph; values equal the official `size=` form."""
+        return F.interpolate(masks, scale_factor=self.size_out // self.size_in, mode="nearest")

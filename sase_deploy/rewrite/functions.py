@@ -25,6 +25,7 @@ FUNCTION_NAMES = {
     "cbam_channel": "CBAMChannel",
     "spse": "SPSE",
     "rgse": "RGSE",
+    "sase": "SASE",
 }
 
 
@@ -41,13 +42,42 @@ def _blocks(model: onnx.ModelProto) -> list[tuple[str, list[str], str]]:
     return blocks
 
 
+def _prefixed_blocks(
+    model: onnx.ModelProto, prefixes: dict[str, str], kinds: dict[str, str]
+) -> list[tuple[str, list[str], str]]:
+    """Blocks a rule rebuilt under its own node-name prefix (SASE): those nodes + the node that
+    produces the block output. Names the pass gave its own nodes, not an exporter's."""
+    producers = {t: n for n in model.graph.node for t in n.output}
+    blocks = []
+    for output, prefix in prefixes.items():
+        last = producers.get(output)
+        if last is None:
+            continue
+        names = [n.name for n in model.graph.node if n.name.startswith(prefix) or n is last]
+        if len(names) > 1:
+            blocks.append((kinds.get(output, "sase"), names, output))
+    return blocks
+
+
+def _escapes(model: onnx.ModelProto, body: list[onnx.NodeProto], output: str) -> bool:
+    """Does a tensor made inside the body (other than `output`) feed anything outside it?"""
+    inner = {t for n in body for t in n.output} - {output}
+    body_ids = {id(n) for n in body}
+    if inner & {o.name for o in model.graph.output}:
+        return True
+    return any(id(n) not in body_ids and any(t in inner for t in n.input) for n in model.graph.node)
+
+
 def wrap_blocks_as_functions(
-    model: onnx.ModelProto, kinds: dict[str, str] | None = None
+    model: onnx.ModelProto,
+    kinds: dict[str, str] | None = None,
+    prefixes: dict[str, str] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Return a copy of `model` with each recognised gate as one custom-domain function node.
+    """Return a copy of `model` with each recognised block as one custom-domain function node.
 
     `kinds` maps a block's output tensor to the kind the pass reported for it (a collapsed SPSE
-    gate looks like a plain gate afterwards; the function is still named `SPSE`).
+    gate looks like a plain gate afterwards; the function is still named `SPSE`). `prefixes`
+    maps the output of a block that a rule rebuilt (fused SASE) to its node-name prefix.
     """
     kinds = kinds or {}
     out = onnx.ModelProto()
@@ -60,11 +90,18 @@ def wrap_blocks_as_functions(
     replaced: dict[str, onnx.NodeProto] = {}  # name of the block's last node -> call node
     removed: set[str] = set()
     counts: dict[str, int] = {}
-    for found_kind, names, output in _blocks(out):
+    gates = _blocks(out)
+    gate_outputs = {output for _, _, output in gates}
+    rebuilt = _prefixed_blocks(
+        out, {k: v for k, v in (prefixes or {}).items() if k not in gate_outputs}, kinds
+    )
+    for found_kind, names, output in gates + rebuilt:
         kind = kinds.get(output, found_kind)
         if any(n not in by_name or n in removed for n in names):
             continue
         body = [by_name[n] for n in names]
+        if _escapes(out, body, output):
+            continue
         produced = {t for n in body for t in n.output}
         externals: list[str] = []
         for n in body:

@@ -28,8 +28,34 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """
     graph = gs.import_onnx(infer_shapes(model))
     lower_constant_nodes(graph)
+    fold_constant_identities(graph)
     name_unnamed_nodes(graph)
     return graph
+
+
+def fold_constant_identities(graph: gs.Graph) -> int:
+    """Read `Identity(constant)` as the constant itself; returns how many were folded.
+
+    TorchScript dedupes equal initializers (e.g. every zero BN running_mean) into Identity
+    nodes of one shared initializer; rules should see the value, not an Identity.
+    """
+    count = 0
+    graph_outputs = {id(t) for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if not isinstance(source, gs.Constant) or id(out) in graph_outputs:
+            continue
+        for consumer in list(out.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[i] = source
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return count
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -29,15 +29,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import (
-    BatchNormParams,
     attr_ints,
+    batchnorm_params,
+    const_value,
     fold_batchnorm,
     make_constant,
     make_node,
     producer,
+    scalar_value,
     shape_of,
 )
-from sase_deploy.rewrite.graph_utils import const_value as _direct_const
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
 
 RESHAPE_LIKE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -88,37 +89,6 @@ class _Style:
 
 
 # ---------------------------------------------------------------- small graph readers
-
-
-def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """A constant's value, also through Identity nodes (TorchScript dedups initializers so)."""
-    for _ in range(8):
-        if tensor is None:
-            return None
-        node = producer(tensor)
-        if node is None or node.op != "Identity":
-            break
-        tensor = node.inputs[0]
-    return _direct_const(tensor)
-
-
-def scalar_value(tensor: gs.Tensor | None) -> float | None:
-    value = const_value(tensor)
-    return None if value is None or value.size != 1 else float(value.reshape(()))
-
-
-def batchnorm_params(node: gs.Node) -> BatchNormParams | None:
-    """Inference BatchNormalization as a per-channel affine (constants read through Identity)."""
-    if node.op != "BatchNormalization" or len(node.inputs) < 5 or len(node.outputs) != 1:
-        return None
-    if int(node.attrs.get("training_mode", 0)) != 0:
-        return None
-    values = [const_value(t) for t in node.inputs[1:5]]
-    if any(v is None for v in values):
-        return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
-    scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
-    return BatchNormParams(scale=scale, shift=beta - mean * scale)
 
 
 def _node(tensor: gs.Tensor) -> gs.Node:

@@ -14,6 +14,12 @@ depthwise conv weights are then contracted with P in numpy. The result is verifi
 original subgraph on a random full-channel input before anything is rewritten. Probing a linear
 subgraph this way is exporter-independent; it is written by hand because no library does it.
 
+When not to collapse (static cost check, no timing at rewrite time): a squeeze that is already
+one strided AveragePool + one depthwise conv (RGSE layers 1-3) reads X once with a cheap kernel;
+the H x W depthwise conv is slower on ORT CPU there (see `_reads_map_once`). Such a squeeze keeps
+its pool and gets its BN (and constant terms) folded into the depthwise conv, or is reported
+unchanged ("already minimal") when there is nothing to fold; either way it counts as `rgse`.
+
 Which blocks: the squeeze must end in a ReLU (SPSE/RGSE ReLU their descriptor, SE does not) and
 yield a (B, C, 1, 1) descriptor. Several summed scales report kind `spse`; one scale (a region
 pool, with or without a depthwise conv) reports `rgse`, which includes RGSE's layer4 squeeze
@@ -32,14 +38,14 @@ import onnx_graphsurgeon as gs
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite.gate_analysis import gate_mul_downstream
 from sase_deploy.rewrite.graph_utils import (
-    BatchNormParams,
     attr_ints,
+    batchnorm_params,
+    const_value,
     make_constant,
     make_node,
     producer,
     shape_of,
 )
-from sase_deploy.rewrite.graph_utils import const_value as _direct_const
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
 
 # Ops a pooling subgraph may contain: linear in X or pure data movement. Anything else bounds it.
@@ -59,29 +65,19 @@ MAX_PROBE_ELEMENTS = 64 * 1024 * 1024  # (H*W)^2 basis-image floats: maps up to 
 VERIFY_RTOL = 1e-5
 
 
-def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """A constant's value, also through Identity nodes (TorchScript dedups initializers so)."""
-    for _ in range(8):
-        if tensor is None:
-            return None
-        node = producer(tensor)
-        if node is None or node.op != "Identity":
-            break
-        tensor = node.inputs[0]
-    return _direct_const(tensor)
+def _reads_map_once(squeeze: _Squeeze) -> bool:
+    """Static cost check: is the squeeze already one strided AveragePool + one depthwise conv?
 
-
-def _batchnorm(node: gs.Node) -> BatchNormParams | None:
-    if node.op != "BatchNormalization" or len(node.inputs) < 5 or len(node.outputs) != 1:
-        return None
-    if int(node.attrs.get("training_mode", 0)) != 0:
-        return None
-    values = [const_value(t) for t in node.inputs[1:5]]
-    if any(v is None for v in values):
-        return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
-    scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
-    return BatchNormParams(scale=scale, shift=beta - mean * scale)
+    Such a squeeze reads X once with a cheap kernel; the collapsed H x W depthwise conv also
+    reads X once but with a full-map kernel, which ORT CPU runs slower (measured 256@56:
+    AveragePool(7,7) + dwconv(8) 0.57 ms, 56x56 dwconv 0.69 ms, Mul + ReduceSum 0.61 ms,
+    Reshape + MatMul 10 ms). Collapsing pays only when the original reads X several times.
+    """
+    if len(squeeze.branches) != 1:
+        return False
+    branch = squeeze.branches[0]
+    pools = branch.pool_nodes
+    return branch.conv is not None and len(pools) == 1 and pools[0].op == "AveragePool"
 
 
 @dataclass
@@ -326,14 +322,39 @@ class SpatialPoolCollapse(RewriteRule):
                 return "a constant added to the descriptor is not per channel"
             bias += term.reshape(-1).astype(np.float64)
         if squeeze.bn is not None:
-            params = _batchnorm(squeeze.bn)
+            params = batchnorm_params(squeeze.bn)
             if params is None:
                 return "the descriptor BatchNormalization is not in inference form"
             kernel *= params.scale[:, None]
             bias = bias * params.scale + params.shift
         match.captures["kernel"] = kernel.reshape(channels, 1, height, width).astype(np.float32)
         match.captures["bias"] = bias.astype(np.float32)
-        return self._verify(graph, squeeze, match.captures["kernel"], match.captures["bias"])
+        problem = self._verify(graph, squeeze, match.captures["kernel"], match.captures["bias"])
+        if problem is None and _reads_map_once(squeeze):
+            self._keep_pool(squeeze, bias, match)
+        else:
+            match.captures["form"] = "collapsed depthwise conv"
+        return problem
+
+    @staticmethod
+    def _keep_pool(squeeze: _Squeeze, bias: np.ndarray, match: Match) -> None:
+        """Keep the strided AveragePool; fold BN and constant terms into its depthwise conv."""
+        conv = squeeze.branches[0].conv
+        assert conv is not None
+        weight = const_value(conv.inputs[1])
+        assert weight is not None
+        weight = weight.astype(np.float64)
+        if squeeze.bn is not None:
+            params = batchnorm_params(squeeze.bn)
+            assert params is not None  # check() declined otherwise
+            weight = weight * params.scale[:, None, None, None]
+        if squeeze.bn is None and not squeeze.bias_terms:
+            match.captures["canonical"] = True
+            match.captures["form"] = "already minimal: one pool + one depthwise conv"
+            return
+        match.captures["form"] = "pool + depthwise conv (folded)"
+        match.captures["folded_weight"] = weight.astype(np.float32)
+        match.captures["bias"] = bias.astype(np.float32)
 
     @staticmethod
     def _probe_pool(
@@ -415,6 +436,8 @@ class SpatialPoolCollapse(RewriteRule):
         return None
 
     def rewrite(self, graph: gs.Graph, match: Match) -> None:
+        if match.captures.get("canonical"):
+            return
         squeeze: _Squeeze = match.captures["squeeze"]
         kernel: np.ndarray = match.captures["kernel"]
         bias: np.ndarray = match.captures["bias"]
@@ -422,6 +445,14 @@ class SpatialPoolCollapse(RewriteRule):
         old = producer(squeeze.end)
         assert old is not None
         old.outputs.remove(squeeze.end)
+        if "folded_weight" in match.captures:
+            conv = squeeze.branches[0].conv
+            assert conv is not None
+            w = make_constant(graph, f"{prefix}/W", match.captures["folded_weight"])
+            b = make_constant(graph, f"{prefix}/B", bias)
+            make_node(graph, "Conv", f"{prefix}/pooled_conv", [conv.inputs[0], w, b],
+                      attrs=dict(conv.attrs), output=squeeze.end)  # fmt: skip
+            return
         channels, _, height, width = kernel.shape
         uniform = np.allclose(kernel, 1.0 / (height * width), rtol=1e-6, atol=0) and not bias.any()
         if uniform:  # a plain global mean (RGSE layer4): keep it one cheap node
