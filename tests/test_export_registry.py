@@ -28,11 +28,6 @@ TOLERANCE = 1e-4
 # reasons outside export (measured at torch.manual_seed(0); strict: a fix upstream makes the
 # test fail until the mark is removed).
 KNOWN_PARITY_LIMITS = {
-    # ORT CPU's Sigmoid is an approximation (~5e-8 absolute error, 0 below -17). SASE divides
-    # by the mask sum (`sum m s / (sum m + 1e-6)`); where a random-init deep net saturates every
-    # mask of a pixel, that absolute error turns relative: 3.7e-4 x scale with ORT's Sigmoid,
-    # 4.7e-6 with Sigmoid rewritten as 1 / (1 + exp(-x)).
-    "sase_resnet50": "ORT CPU Sigmoid flushes the saturated SASE masks of random-init weights",
     # Ill-conditioned at random init: PyTorch fp32 itself differs from fp64 by 2.4e-2 x scale on
     # img_1024 (ORT: 2.4e-2 too), so no fp32 backend can agree with PyTorch to 1e-4.
     "fastgan_slim_1024": "random-init img_1024 is ill-conditioned in fp32 (torch fp32 vs fp64: "

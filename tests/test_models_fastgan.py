@@ -269,7 +269,7 @@ def _official_slim(block: SLIMBlock, xs: torch.Tensor, xb: torch.Tensor, noise: 
 
 
 def _slim_block(mask_noise: bool, seed: int = 0) -> SLIMBlock:
-    """A small eval-mode block, spectral norm settled, non-trivial BN statistics, noise weight 0.7."""
+    """A small eval-mode block: spectral norm settled, non-trivial BN stats, noise weight 0.7."""
     torch.manual_seed(seed)
     block = SLIMBlock(64, 8, 16, 64, groups=4, reduction=4, dilation=2, mask_noise=mask_noise)
     settle_spectral_norm(block).eval()  # raw u/v blow the weights up and saturate the masks
