@@ -5,15 +5,16 @@ Run:  python benchmarks/bench_fusion.py [--models se_resnet50,sase_resnet50] [--
 
 Per zoo model: export without fusion (`export_model(..., fuse=False)`), fuse with the default
 rules, then time both on ORT CPU (batch 1, same session options, fixed intra-op threads,
-warm-up, then `--runs` interleaved pairs; medians). Per block kind alone: the block's subgraph
-at its in-network shapes, as its own model: SE-family gates are cut out of the exported network
-(`onnx.utils.Extractor` from the gate's input maps to its output), SLIM/SASE blocks are built
-alone from their torch modules and exported. GFLOP is counted from the ONNX graph
-(`sase_deploy.rewrite.flops`); GFLOP/s uses the fused latency and is compared to this
-machine's sgemm rate, measured with numpy (same thread count) in the same run: at the start
-and again after each row, the best rate seen so far (a busy machine only lowers it).
-Fused sase_resnet50 vs fused se_resnet50 GFLOP/s (the efficiency target) is timed as its own
-interleaved pair. A "Targets" list at the end states each of the issue's targets as met/MISSED.
+warm-up, then `--runs` interleaved pairs; medians; speedup = median of the per-pair ratios).
+Per block kind alone: the block's subgraph at its in-network shapes, as its own model:
+SE-family gates are cut out of the exported network (`onnx.utils.Extractor` from the gate's
+input maps to its output), SLIM/SASE blocks are built alone from their torch modules and
+exported. GFLOP is counted from the ONNX graph (`sase_deploy.rewrite.flops`); GFLOP/s uses the
+fused latency and is compared to this machine's sgemm rate, measured with numpy (same thread
+count) in the same run: at the start and again after each row, the best rate seen so far (a
+busy machine only lowers it). Fused sase_resnet50 vs fused se_resnet50 GFLOP/s (the efficiency
+target) is timed as its own interleaved pair. A "Targets" list at the end states each of the
+issue's targets as met/MISSED.
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ def _session(model: onnx.ModelProto, threads: int) -> Any:
 
 def time_pair(
     unfused: onnx.ModelProto, fused: onnx.ModelProto, runs: int, threads: int
-) -> tuple[float, float]:
-    """Median ms of each, measured interleaved (A, B, A, B, ...) after 3 warm-up runs each."""
+) -> tuple[float, float, float]:
+    """Median ms of each, measured interleaved (A, B, A, B, ...) after 3 warm-up runs each,
+    and the median of the per-pair ratios A/B (neighbours share the machine's load, so the
+    paired ratio drifts less than the ratio of two medians on a busy machine)."""
     feed = self_check_feed(unfused)
     sessions = [_session(unfused, threads), _session(fused, threads)]
     for session in sessions:
@@ -99,7 +102,8 @@ def time_pair(
             start = time.perf_counter()
             session.run(None, feed)
             times[i].append(time.perf_counter() - start)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+    ratio = statistics.median(a / b for a, b in zip(times[0], times[1], strict=True))
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, ratio
 
 
 def export_zoo(name: str, cache: Path) -> tuple[onnx.ModelProto, str]:
@@ -128,7 +132,7 @@ def measure(
     result = fuse_model(unfused)
     fused = result.model
     FUSED[label] = fused
-    ms_unfused, ms_fused = time_pair(unfused, fused, runs, threads)
+    ms_unfused, ms_fused, speedup = time_pair(unfused, fused, runs, threads)
     # sgemm again right after the timing: on a shared machine the rate drifts between rows
     sgemm = max(sgemm, sgemm_gflops(runs=7))
     gflop = count_gflops(fused)
@@ -142,7 +146,7 @@ def measure(
         "node_change": (after - before) / before,
         "ms_unfused": ms_unfused,
         "ms_fused": ms_fused,
-        "speedup": ms_unfused / ms_fused,
+        "speedup": speedup,
         "gflop": gflop,
         "gflop_s": rate,
         "pct_sgemm": 100 * rate / sgemm,
@@ -237,7 +241,7 @@ def efficiency(runs: int, threads: int) -> float | None:
     if "sase_resnet50" not in FUSED or "se_resnet50" not in FUSED:
         return None
     se, sase = FUSED["se_resnet50"], FUSED["sase_resnet50"]
-    ms_se, ms_sase = time_pair(se, sase, runs, threads)
+    ms_se, ms_sase, _ = time_pair(se, sase, runs, threads)
     return (count_gflops(sase) / ms_sase) / (count_gflops(se) / ms_se)
 
 

@@ -15,16 +15,20 @@ _PARAMETER_COUNTS: dict[str, int] = {}
 
 
 def count_spec_parameters(spec: ModelSpec) -> int:
-    """Parameters of a registered model, counted on a real build.
+    """Parameters of a registered model, counted on the meta device (shapes, no storage).
 
-    The meta device (shapes, no storage) was measured as no cheaper with today's factories:
-    the FastGAN generators settle spectral norm and BatchNorm while building, which is slower on
-    meta and fails there for SLIM (`python benchmarks/models_listing.py` compares both).
+    Building the 28M-parameter networks for real costs seconds each (random init, and the
+    FastGAN generators settle spectral norm and BatchNorm); on meta it costs milliseconds.
+    `python benchmarks/models_listing.py` compares both.
     """
+    import torch
+
     from sase_deploy.models.registry import count_parameters
 
     if spec.name not in _PARAMETER_COUNTS:
-        _PARAMETER_COUNTS[spec.name] = count_parameters(spec.factory())
+        with torch.device("meta"):
+            model = spec.factory()
+        _PARAMETER_COUNTS[spec.name] = count_parameters(model)
     return _PARAMETER_COUNTS[spec.name]
 
 

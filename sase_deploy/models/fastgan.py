@@ -167,7 +167,9 @@ class FastGANGenerator(nn.Module):
             self.feat_1024 = UpBlock(nfc[512], nfc[1024])
 
         self.noise_mode = "off"
-        if settle:  # before set_noise: calibrates without noise, needs no noise inputs
+        # Before set_noise: calibrates without noise, needs no noise inputs. Nothing to settle
+        # on the meta device (shapes only), where `sase-deploy models` counts parameters.
+        if settle and self.to_big.weight_orig.device.type != "meta":
             settle_spectral_norm(self)
             z = torch.randn((1, nz), generator=torch.Generator().manual_seed(0))
             calibrate_batchnorm(self, z)
