@@ -21,7 +21,11 @@ stdout = Console()
 
 
 def progress() -> Progress:
-    """A rich progress bar on stderr; it stays silent when stderr is not a terminal."""
+    """A rich progress bar on stderr, disabled when stderr is not a terminal.
+
+    (An enabled transient bar still ends with a newline on a non-terminal, which would break the
+    one-line error contract of scripts reading stderr.)
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -29,6 +33,7 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
+        disable=not stderr.is_terminal,
     )
 
 

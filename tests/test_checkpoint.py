@@ -484,10 +484,11 @@ def test_spse_resnet50_imagenet_checkpoint(tmp_path: Path) -> None:
 
 
 def test_readme_loading_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first Python example of the README's models section runs as written."""
+    """The README's checkpoint-loading example (models section) runs as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("<!-- section:models -->")[1].split("<!-- /section:models -->")[0]
-    example = section.split("```python\n")[1].split("```")[0]
+    blocks = [b.split("```")[0] for b in section.split("```python\n")[1:]]
+    example = next(b for b in blocks if "load_checkpoint" in b and "torch.save" in b)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(example, "README.md", "exec"), namespace)

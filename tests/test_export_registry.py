@@ -56,7 +56,10 @@ def _export(cache: dict[str, dict[str, Any]], folder: Path, name: str) -> dict[s
         spec = get_model_spec(name)
         dynamic = spec.dynamic_batch and name not in STATIC_ONLY
         torch.manual_seed(0)  # the zoo draws random weights: make every run the same
-        result = export_model(name, folder / f"{name}.onnx", dynamic_batch=dynamic)
+        # Known-limit models skip fusion so the xfail tests exactly the stated reason (fusion's
+        # own self-check trips over the same ill-conditioning first).
+        fuse = name not in KNOWN_PARITY_LIMITS
+        result = export_model(name, folder / f"{name}.onnx", dynamic_batch=dynamic, fuse=fuse)
         cache[name] = {
             "manifest": json.loads(result.manifest_path.read_text()),
             "model": onnx.load(str(result.onnx_path)),

@@ -39,5 +39,9 @@ def test_zoo_blocks_found(name: str, tmp_path: Path) -> None:
     report = result.report
     assert report["blocks_found"] == dict(spec.se_blocks)
     onnx.checker.check_model(result.model)
-    assert report["self_check"]["max_rel_diff"] <= 1e-5
+    check = report["self_check"]
+    assert check["max_block_rel_diff"] <= 1e-5  # every rewritten block, at its own output
+    # network outputs: 1e-5, or the model's own ORT noise floor where that is larger (README)
+    assert check["max_rel_diff"] <= check["network_tolerance"]
+    assert check["network_tolerance"] == max(1e-5, 2 * check["noise_floor"])
     assert report["nodes_after"] <= report["nodes_before"]

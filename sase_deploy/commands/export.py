@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
 
-from sase_deploy.console import emit_json, note, progress, stderr
+from sase_deploy.console import emit_json, note, progress
 from sase_deploy.errors import ParityError
 
 _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
@@ -110,15 +109,11 @@ def export_command(
 
     shapes = [parse_shape(text) for text in input_shapes]
     kwargs = parse_model_args(model_args)
-    # rich ends even a transient bar with a newline when stderr is no terminal: keep the
-    # one-line error contract there by showing the bar only on a terminal.
-    bar = progress() if stderr.is_terminal else None
-    with bar if bar is not None else contextlib.nullcontext():
-        task = bar.add_task("export", total=len(_STAGES)) if bar is not None else None
+    with progress() as bar:
+        task = bar.add_task("export", total=len(_STAGES))
 
         def on_stage(name: str) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, description=name, completed=_STAGES.index(name))
+            bar.update(task, description=name, completed=_STAGES.index(name))
 
         try:
             result = export_model(

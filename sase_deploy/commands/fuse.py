@@ -95,5 +95,8 @@ def fuse_command(
     if check.get("enabled"):
         click.echo(
             f"self-check (ORT CPU, {check['runs']} runs): max|diff| {check['max_abs_diff']:.2e}, "
-            f"relative {check['max_rel_diff']:.2e} <= {check['tolerance']:g}"
+            f"relative {check['max_rel_diff']:.2e} <= "
+            f"{check.get('network_tolerance', check['tolerance']):.2g} (noise floor "
+            f"{check.get('noise_floor', 0.0):.1e}); block outputs "
+            f"{check.get('max_block_rel_diff', 0.0):.2e} <= {check['tolerance']:g}"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,10 +152,9 @@ def _load_weights(
 
 
 def _fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    rewrite = importlib.import_module("sase_deploy.rewrite")
-    if not hasattr(rewrite, "fuse_model"):  # fallback until the fusion stage lands
-        return model, {"applied": False, "status": "fusion: not available"}
-    result = rewrite.fuse_model(model, self_check=True)
+    from sase_deploy.rewrite import fuse_model  # lazy: the rewrite stage imports ORT
+
+    result = fuse_model(model, self_check=True)
     return result.model, {"applied": True, "status": "fused", "report": result.report}
 
 
@@ -257,8 +255,8 @@ def export_model(
         )
     except ExportFailed as exc:
         raise UserError(
-            f"cannot export '{source.reference}': {exc}; try --exporter torchscript/dynamo, "
-            "or --no-dynamic-batch, or simplify the model's forward"
+            f"cannot export '{source.reference}': {exc}; try the other --exporter, drop "
+            "--dynamic-batch, or simplify the model's forward"
         ) from None
     exported_nodes = graph_ops.node_count(outcome.model)
     # Before simplification: constant folding would bake a shape-static RandomNormal into a
