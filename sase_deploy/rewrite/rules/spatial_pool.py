@@ -65,6 +65,11 @@ MAX_PROBE_ELEMENTS = 64 * 1024 * 1024  # (H*W)^2 basis-image floats: maps up to 
 VERIFY_RTOL = 1e-5
 
 
+def _is_global_mean(kernel: np.ndarray, bias: np.ndarray) -> bool:
+    height, width = kernel.shape[2:]
+    return np.allclose(kernel, 1.0 / (height * width), rtol=1e-6, atol=0) and not bias.any()
+
+
 def _reads_map_once(squeeze: _Squeeze) -> bool:
     """Static cost check: is the squeeze already one strided AveragePool + one depthwise conv?
 
@@ -332,6 +337,8 @@ class SpatialPoolCollapse(RewriteRule):
         problem = self._verify(graph, squeeze, match.captures["kernel"], match.captures["bias"])
         if problem is None and _reads_map_once(squeeze):
             self._keep_pool(squeeze, bias, match)
+        elif _is_global_mean(match.captures["kernel"], match.captures["bias"]):
+            match.captures["form"] = "global mean"
         else:
             match.captures["form"] = "collapsed depthwise conv"
         return problem
@@ -454,8 +461,7 @@ class SpatialPoolCollapse(RewriteRule):
                       attrs=dict(conv.attrs), output=squeeze.end)  # fmt: skip
             return
         channels, _, height, width = kernel.shape
-        uniform = np.allclose(kernel, 1.0 / (height * width), rtol=1e-6, atol=0) and not bias.any()
-        if uniform:  # a plain global mean (RGSE layer4): keep it one cheap node
+        if _is_global_mean(kernel, bias):  # a plain global mean (RGSE layer4): one cheap node
             make_node(graph, "GlobalAveragePool", f"{prefix}/mean", [squeeze.x], output=squeeze.end)
             return
         w = make_constant(graph, f"{prefix}/W", kernel)
