@@ -17,10 +17,9 @@ from sase_deploy.errors import UserError
 from sase_deploy.models import fastgan
 from sase_deploy.models.blocks_fastgan import (
     SLEBlock,
-    has_spectral_norm,
-    remove_spectral_norm,
     settle_spectral_norm,
 )
+from sase_deploy.models.checkpoint import bake_spectral_norm, has_spectral_norm
 from sase_deploy.models.registry import create_model, get_model_spec
 from sase_deploy.models.slim import SLIMBlock
 from sase_deploy.models.spec import sample_inputs
@@ -148,7 +147,7 @@ def test_with_tanh_option_applies_tanh_to_both_outputs() -> None:
 def test_remove_spectral_norm_keeps_eval_output(im_size: int, attention: Any) -> None:
     model = _tiny(im_size, attention)
     before = _run(model, _z(1))
-    remove_spectral_norm(model)
+    bake_spectral_norm(model)
     assert not has_spectral_norm(model)
     keys = set(model.state_dict())
     assert "to_big.weight" in keys and not any(k.endswith("weight_orig") for k in keys)
@@ -307,7 +306,8 @@ def test_slim_block_exports_in_official_order(mask_noise: bool, dynamo: bool) ->
 
     import onnx
 
-    block = remove_spectral_norm(_slim_block(mask_noise, seed=1))  # baked, as deployed
+    block = _slim_block(mask_noise, seed=1)
+    bake_spectral_norm(block)  # baked, as deployed
     args = (torch.randn(2, 64, 8, 8), torch.randn(2, 16, 64, 64), torch.randn(2, 1, 8, 8))
     names = ["xs", "xb", "noise"]
     buffer = io.BytesIO()
@@ -392,7 +392,8 @@ def test_onnx_export_with_noise_inputs_and_dynamic_batch(tmp_path: Path) -> None
     import onnx
 
     spec = get_model_spec("fastgan_slim_1024")
-    model = remove_spectral_norm(_tiny(1024, "slim", noise="input"))
+    model = _tiny(1024, "slim", noise="input")
+    bake_spectral_norm(model)
     for injection in model.noise_injections().values():
         injection.weight.data.fill_(0.3)
     input_specs = spec.input_specs(noise="input")

@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- readme-test: skip \((?P<why>[^)]+)\) -->\s*)?```bash\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(
+    r"(<!-- readme-test: skip \((?P<why>[^)]+)\) -->\s*)?```bash\n(?P<body>.*?)```", re.S
+)
 
 
 def readme_steps() -> list[tuple[str, str | None]]:

@@ -30,7 +30,10 @@ class TorchRunner(Runner):
         self.module.eval().to(self.device)
 
     def infer_impl(self, feed: Feed) -> Outputs:
-        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device) for n in self.input_names]
+        args = [
+            torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
+            for n in self.input_names
+        ]
         with torch.inference_mode():
             result = self.module(*args)
             if self.device.type == "cuda":

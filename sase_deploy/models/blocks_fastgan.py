@@ -6,7 +6,8 @@ official layout (see /work/shared/official_layouts), not copied.
 
 Spectral norm is applied the official way (`torch.nn.utils.spectral_norm`), so a layer holds
 `weight_orig` (parameter) and `weight_u`/`weight_v` (buffers) and no `weight` key. For export,
-`remove_spectral_norm` bakes it into a plain `weight`; eval outputs do not change.
+`sase_deploy.models.checkpoint.bake_spectral_norm` bakes it into a plain `weight`; eval
+outputs do not change.
 """
 
 from __future__ import annotations
@@ -99,21 +100,6 @@ def calibrate_batchnorm(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:
             handle.remove()
         model.train(was_training)
     return model
-
-
-def remove_spectral_norm(model: nn.Module) -> nn.Module:
-    """Bake spectral norm into a plain `weight` on every layer (in place; returns `model`).
-
-    Uses the stored `u`/`v` without a power iteration, which is exactly what an eval-mode
-    forward computes, so eval outputs are unchanged. Training afterwards would not re-normalise.
-    """
-    for module, hook in _spectral_norm_hooks(model):
-        nn.utils.remove_spectral_norm(module, hook.name)
-    return model
-
-
-def has_spectral_norm(model: nn.Module) -> bool:
-    return bool(_spectral_norm_hooks(model))
 
 
 # --------------------------------------------------------------------------- blocks
