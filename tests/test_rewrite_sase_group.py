@@ -385,3 +385,86 @@ def test_sase_resnet_bottleneck_fuses() -> None:
     onnx.checker.check_model(fused, full_check=True)
     assert _compute_nodes(fused) <= 0.5 * _compute_nodes(model)
     _assert_equal_outputs(model, fused, batch=3)
+
+
+class OfficialStackedSlim(nn.Module):
+    """The zoo SLIMBlock's parameters run through the official InceptionBlock forward: the G
+    masks stacked to (B, G, 1, H, W), the styles to (B, G, Cout, 1, 1), multiplied, summed
+    over the group axis (torch.sum(dim=1)) and divided by the summed masks + eps.
+    `spelling` picks torch.cat of (B, 1, ...) slices or torch.stack; `variant` makes near misses
+    (eps inside the numerator sum; products summed over the Cout axis instead of the groups)."""
+
+    def __init__(self, block: nn.Module, spelling: str = "cat", variant: str = "official") -> None:
+        super().__init__()
+        self.block, self.spelling, self.variant = block, spelling, variant
+
+    def forward(self, xs: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        chunks = torch.split(xs, b.group_channels, dim=1)
+        styles = [br(x) for x, br in zip(chunks, b.channel_attn, strict=True)]
+        masks = [
+            F.interpolate(torch.sigmoid(br(x)), b.size_out)
+            for x, br in zip(chunks, b.spatial_attn, strict=True)
+        ]
+        if self.spelling == "cat":
+            ch = torch.cat([s.unsqueeze(1) for s in styles], 1)[..., None, None]
+            sp = torch.cat(masks, 1).unsqueeze(2)
+        else:
+            ch = torch.stack([s[:, :, None, None] for s in styles], dim=1)
+            sp = torch.stack(masks, dim=1)
+        if self.variant == "eps_in_numerator":
+            return xb * (torch.sum(sp * ch + 1e-6, dim=1) / torch.sum(sp, dim=1) + 1)
+        axis = 2 if self.variant == "wrong_axis" else 1
+        return xb * (torch.sum(sp * ch, dim=axis) / (torch.sum(sp, dim=1) + 1e-6) + 1)
+
+
+def _official_block(spelling: str = "cat", variant: str = "official", cout: int = 16) -> nn.Module:
+    from sase_deploy.models.slim import SLIMBlock
+
+    block = _zoo_block(SLIMBlock(64, 8, cout, 32, reduction=4))
+    return OfficialStackedSlim(block, spelling, variant).eval()
+
+
+@pytest.mark.parametrize(
+    ("dynamo", "spelling"),
+    [(True, "cat"), (False, "cat"), (True, "stack"), (False, "stack")],
+    ids=["dynamo-cat", "torchscript-cat", "dynamo-stack", "torchscript-stack"],
+)
+def test_official_stacked_form_fuses(dynamo: bool, spelling: str) -> None:
+    torch.manual_seed(8)
+    model = _export(_official_block(spelling), _slim_args()[:2], dynamo)
+    assert "ReduceSum" in _ops(model) and "Concat" in _ops(model)  # really the stacked form
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    matches = [r for r in results if isinstance(r, Match)]
+    assert [m.kind for m in matches] == ["sase"] and len(results) == 1, results
+    assert matches[0].block_output is not None
+    onnx.checker.check_model(fused, full_check=True)
+    ops = _ops(fused)
+    assert ops.count("Resize") == 1 and ops.count("MatMul") == 1
+    assert ops.count("Split") == ops.count("Concat") == ops.count("Unsqueeze") == 0
+    grouped = [n for n in fused.graph.node if n.op_type == "Conv"]
+    assert len(grouped) == 6 and all(
+        next(a.i for a in n.attribute if a.name == "group") == 4 for n in grouped
+    )
+    assert _compute_nodes(fused) <= 0.4 * _compute_nodes(model)
+    _assert_equal_outputs(model, fused, batch=2)
+    if not dynamo:  # dynamic batch survives the rewrite
+        _assert_equal_outputs(model, fused, batch=3)
+
+
+@pytest.mark.parametrize(
+    ("variant", "cout", "reason"),
+    [
+        ("eps_in_numerator", 16, "inside the numerator's group sum"),
+        ("wrong_axis", 4, "summed over axis 2"),  # Cout == G so the wrong sum still broadcasts
+    ],
+)
+def test_official_stacked_form_declines_near_misses(variant: str, cout: int, reason: str) -> None:
+    torch.manual_seed(9)
+    xs, xb = torch.randn(2, 64, 8, 8), torch.randn(2, cout, 32, 32)
+    model = _export(_official_block("cat", variant, cout), (xs, xb), False)
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    assert not any(isinstance(r, Match) for r in results)
+    declines = [r for r in results if isinstance(r, Decline)]
+    assert len(declines) == 1 and reason in declines[0].reason, declines
+    assert _compute_nodes(fused) == _compute_nodes(model)  # nothing rewritten

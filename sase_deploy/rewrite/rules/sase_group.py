@@ -16,7 +16,10 @@ Nearest resizing copies pixels, so it commutes with the per-pixel aggregation: e
 matcher reads what the graph computes (Split or Slice groups, Gemm or MatMul+Add, BN folded or
 not, Resize with scales or sizes); it never looks at names. The 1024 variant (mask logits
 concatenated, a noise term added before the sigmoid, one Resize, per-group slices) is matched
-too: the added term is carried along unchanged. Written by hand: no library fuses this pattern.
+too: the added term is carried along unchanged. The official InceptionBlock code's stacked form
+(masks (B,G,1,H,W) * styles (B,G,Cout,1,1), ReduceSum over the group axis, over the summed masks
++ eps; torch.cat or torch.stack, either exporter) is normalised to the same per-group captures.
+Written by hand: no library fuses this pattern.
 """
 
 from __future__ import annotations
@@ -452,6 +455,114 @@ def _batched_groups(num: gs.Tensor, den_sum: gs.Tensor) -> tuple[list[_Mask], li
     return masks, styles
 
 
+def _stacked_items(tensor: gs.Tensor) -> tuple[list[gs.Tensor], int]:
+    """A tensor built as Concat of G per-group tensors (each 1 wide on the concat axis), then
+    Unsqueezes that leave that axis alone: (the per-group tensors, the group axis in `tensor`).
+
+    torch.stack exports as Unsqueeze(x, axis) per group + Concat; torch.cat of (B, 1, ...) maps
+    as Concat alone: both give the same items (a stacking Unsqueeze is looked through).
+    """
+    outer_axes: list[list[int]] = []  # Unsqueeze axes met walking back, outermost first
+    current = tensor
+    while (node := _node(current)).op == "Unsqueeze":
+        out_shape = shape_of(current)
+        axes = _reduce_axes(node)
+        if out_shape is None or axes is None:
+            raise _NoMatch
+        outer_axes.append(sorted(a % len(out_shape) for a in axes))
+        current = node.inputs[0]
+    if node.op != "Concat" or len(node.inputs) < 2:
+        raise _NoMatch
+    cat_shape = shape_of(current)
+    if cat_shape is None:
+        raise _NoMatch
+    cat_axis = int(node.attrs.get("axis", 0)) % len(cat_shape)
+    position = cat_axis
+    for axes in reversed(outer_axes):  # carry the concat axis forward through the Unsqueezes
+        for a in axes:
+            if a <= position:
+                position += 1
+    items: list[gs.Tensor] = []
+    for item in node.inputs:
+        shape = shape_of(item)
+        if shape is None or len(shape) != len(cat_shape) or shape[cat_axis] != 1:
+            raise _NoMatch
+        stacker = producer(item)
+        if stacker is not None and stacker.op == "Unsqueeze":
+            axes = _reduce_axes(stacker)
+            if axes is not None and [a % len(shape) for a in axes] == [cat_axis]:
+                item = stacker.inputs[0]
+        items.append(item)
+    return items, position
+
+
+def _group_sum(tensor: gs.Tensor) -> tuple[gs.Tensor, int, bool]:
+    """ReduceSum over one axis: (its input, the axis, keepdims)."""
+    node = _node(tensor)
+    if node.op != "ReduceSum":
+        raise _NoMatch
+    shape = shape_of(node.inputs[0])
+    axes = _reduce_axes(node)
+    if shape is None or axes is None or len(axes) != 1:
+        raise _NoMatch
+    return node.inputs[0], axes[0] % len(shape), bool(int(node.attrs.get("keepdims", 1)))
+
+
+def _stacked_groups(num: gs.Tensor, den_sum: gs.Tensor) -> tuple[list[_Mask], list[_Style]]:
+    """Stacked form (official InceptionBlock code): masks (B,G,1,H,W) * styles (B,G,Cout,1,1),
+    ReduceSum over the group axis, over ReduceSum_G(masks). Normalised to the per-group masks
+    and style vectors that the summed form yields, so both share one rewrite."""
+    product, num_axis, num_keep = _group_sum(num)
+    node = _node(product)
+    eps_inside = False
+    if node.op == "Add" and len(node.inputs) == 2:  # sum_g(m_g s_g + c): a near miss
+        consts = [scalar_value(t) for t in node.inputs]
+        if (consts[0] is None) == (consts[1] is None):
+            raise _NoMatch
+        eps_inside = True
+        node = _node(node.inputs[1] if consts[0] is not None else node.inputs[0])
+    if node.op != "Mul" or len(node.inputs) != 2:
+        raise _NoMatch
+    stacked = [_stacked_items(t) for t in node.inputs]
+    masks_all, den_axis, den_keep = _group_sum(den_sum)
+    den_items, den_group_axis = _stacked_items(masks_all)
+    den_ids = [id(t) for t in den_items]
+    order = [i for i in (0, 1) if [id(t) for t in stacked[i][0]] == den_ids]
+    if not order:
+        raise _NoMatch
+    (mask_items, mask_axis), (style_items, style_axis) = stacked[order[0]], stacked[1 - order[0]]
+    if len(style_items) != len(mask_items):
+        raise _NearMiss("the stacked styles and masks differ in group count")
+    if mask_axis != style_axis:
+        raise _NearMiss("the masks and styles are stacked along different axes")
+    if num_axis != mask_axis or den_axis != den_group_axis:
+        raise _NearMiss(
+            f"the products are summed over axis {num_axis} and the masks over axis {den_axis}, "
+            f"but the groups are stacked along axis {mask_axis} (and {den_group_axis})"
+        )
+    if eps_inside:
+        raise _NearMiss(
+            "eps on the wrong side: a constant is added inside the numerator's group sum "
+            "(expected sum m*s / (sum m + eps))"
+        )
+    # the per-group slices must be m_g (B, 1, H, W) and s_g (B, Cout, 1, 1), so the reduced
+    # product is the (B, Cout, H, W) style the rewrite emits
+    product_shape = shape_of(node.outputs[0])
+    mask_shape, style_shape = shape_of(node.inputs[order[0]]), shape_of(node.inputs[1 - order[0]])
+    den_shape = shape_of(masks_all)
+    if product_shape is None or mask_shape is None or style_shape is None or den_shape is None:
+        raise _NearMiss("the stacked group tensors have no inferred shape")
+    mask_rest = [d for i, d in enumerate(mask_shape) if i != mask_axis]
+    style_rest = [d for i, d in enumerate(style_shape) if i != mask_axis]
+    num_rank = len(product_shape) - (0 if num_keep else 1)
+    den_rank = len(den_shape) - (0 if den_keep else 1)
+    if len(mask_rest) != 4 or len(style_rest) != 4 or num_rank != 4 or den_rank != 4:
+        raise _NearMiss("the group sums do not reduce to (B, C, H, W) maps")
+    if mask_rest[1] != 1 or style_rest[2:] != [1, 1]:
+        raise _NearMiss("the stacked masks are not (B, G, 1, H, W) or the styles (B, G, C, 1, 1)")
+    return [_mask_branch(m) for m in mask_items], [_style_branch(s) for s in style_items]
+
+
 # ---------------------------------------------------------------- the rule
 
 
@@ -485,6 +596,8 @@ class SaseGroupFusion(RewriteRule):
         num_node = _node(div.inputs[0])
         if num_node.op in ("Reshape", "MatMul"):
             masks, styles = _batched_groups(div.inputs[0], den_sum)
+        elif num_node.op == "ReduceSum":
+            masks, styles = _stacked_groups(div.inputs[0], den_sum)
         else:
             masks, styles = _summed_groups(div.inputs[0], den_sum)
         if eps is None:
