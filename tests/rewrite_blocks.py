@@ -11,6 +11,9 @@ import onnx
 import torch
 from torch import nn
 
+from sase_deploy.rewrite.graph_utils import export_model, import_graph
+from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+
 
 class TimmSE(nn.Module):
     """timm SEModule: mean(keepdim) -> Conv -> ReLU -> Conv -> Sigmoid -> Mul."""
@@ -159,3 +162,30 @@ def export(
         module, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"]
     )
     return onnx.load_from_string(buf.getvalue())
+
+
+def compute_nodes(model: onnx.ModelProto) -> int:
+    """Nodes that compute (Constant/Identity excluded)."""
+    return sum(n.op_type not in ("Constant", "Identity") for n in model.graph.node)
+
+
+def apply_rule(rule: RewriteRule, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    """A minimal driver for testing one rule alone: match, check, rewrite every candidate once;
+    cleanup; export. (No self-check: the tests compare outputs themselves.)"""
+    graph = import_graph(model)
+    results: list[Match | Decline] = []
+    for anchor in list(rule.candidates(graph)):
+        if anchor not in graph.nodes:
+            continue
+        found = rule.match(graph, anchor)
+        if found is None:
+            continue
+        if isinstance(found, Match):
+            reason = rule.check(graph, found)
+            if reason is not None:
+                found = Decline(rule.name, found.anchor, reason)
+            else:
+                rule.rewrite(graph, found)
+                graph.cleanup().toposort()
+        results.append(found)
+    return export_model(graph, model), results

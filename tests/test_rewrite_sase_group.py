@@ -10,12 +10,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from rewrite_blocks import apply_rule, compute_nodes
 from torch import nn
 
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.report.compare import compare_outputs
-from sase_deploy.rewrite.graph_utils import export_model, import_graph
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rule import Decline, Match
 from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
@@ -137,32 +137,6 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], dynamo: bool) -> 
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _compute_nodes(model: onnx.ModelProto) -> int:
-    return sum(n.op_type not in ("Constant", "Identity") for n in model.graph.node)
-
-
-def apply_rule(rule: RewriteRule, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
-    """A minimal driver: match, check, rewrite every candidate once; cleanup; export."""
-    graph = import_graph(model)
-    results: list[Match | Decline] = []
-    for anchor in list(rule.candidates(graph)):
-        if anchor not in graph.nodes:
-            continue
-        found = rule.match(graph, anchor)
-        if found is None:
-            continue
-        if isinstance(found, Match):
-            reason = rule.check(graph, found)
-            if reason is not None:
-                found = Decline(rule.name, found.anchor, reason)
-            else:
-                rule.rewrite(graph, found)
-                graph.cleanup().toposort()
-        results.append(found)
-    fused = export_model(graph, model)
-    return fused, results
-
-
 def _feed(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feed = {}
@@ -273,7 +247,7 @@ def test_declines_near_misses(kwargs: dict, reason: str) -> None:
     assert not any(isinstance(r, Match) for r in results)
     declines = [r for r in results if isinstance(r, Decline)]
     assert len(declines) == 1 and reason in declines[0].reason, declines
-    assert _compute_nodes(fused) == _compute_nodes(model)  # nothing rewritten
+    assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten
 
 
 def _zoo_block(module: nn.Module) -> nn.Module:
@@ -306,7 +280,7 @@ def test_fastgan_slim_256_blocks_fuse(
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
-    assert _compute_nodes(fused) <= 0.5 * _compute_nodes(model)
+    assert compute_nodes(fused) <= 0.5 * compute_nodes(model)
     assert sum(n.op_type == "Conv" for n in fused.graph.node) == 6
     _assert_equal_outputs(model, fused, batch=1)
 
@@ -383,7 +357,7 @@ def test_sase_resnet_bottleneck_fuses() -> None:
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
-    assert _compute_nodes(fused) <= 0.5 * _compute_nodes(model)
+    assert compute_nodes(fused) <= 0.5 * compute_nodes(model)
     _assert_equal_outputs(model, fused, batch=3)
 
 
@@ -446,7 +420,7 @@ def test_official_stacked_form_fuses(dynamo: bool, spelling: str) -> None:
     assert len(grouped) == 6 and all(
         next(a.i for a in n.attribute if a.name == "group") == 4 for n in grouped
     )
-    assert _compute_nodes(fused) <= 0.4 * _compute_nodes(model)
+    assert compute_nodes(fused) <= 0.4 * compute_nodes(model)
     _assert_equal_outputs(model, fused, batch=2)
     if not dynamo:  # dynamic batch survives the rewrite
         _assert_equal_outputs(model, fused, batch=3)
@@ -467,4 +441,4 @@ def test_official_stacked_form_declines_near_misses(variant: str, cout: int, rea
     assert not any(isinstance(r, Match) for r in results)
     declines = [r for r in results if isinstance(r, Decline)]
     assert len(declines) == 1 and reason in declines[0].reason, declines
-    assert _compute_nodes(fused) == _compute_nodes(model)  # nothing rewritten
+    assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten

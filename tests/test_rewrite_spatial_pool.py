@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from rewrite_blocks import apply_rule, compute_nodes
 from torch import nn
 
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.models.spse import RGSEBottleneck, SPSEBottleneck
 from sase_deploy.report.compare import compare_outputs
-from sase_deploy.rewrite.graph_utils import export_model, import_graph
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rule import Decline, Match
 from sase_deploy.rewrite.rules.spatial_pool import SpatialPoolCollapse
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
@@ -52,31 +52,6 @@ def _export(
                               input_names=["x"], output_names=["out"],
                               dynamic_axes={"x": axes, "out": {0: "batch"}})  # fmt: skip
     return onnx.load_from_string(buffer.getvalue())
-
-
-def _compute_nodes(model: onnx.ModelProto) -> int:
-    return sum(n.op_type not in ("Constant", "Identity") for n in model.graph.node)
-
-
-def apply_rule(rule: RewriteRule, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
-    """A minimal driver: match, check, rewrite every candidate once; cleanup; export."""
-    graph = import_graph(model)
-    results: list[Match | Decline] = []
-    for anchor in list(rule.candidates(graph)):
-        if anchor not in graph.nodes:
-            continue
-        found = rule.match(graph, anchor)
-        if found is None:
-            continue
-        if isinstance(found, Match):
-            reason = rule.check(graph, found)
-            if reason is not None:
-                found = Decline(rule.name, found.anchor, reason)
-            else:
-                rule.rewrite(graph, found)
-                graph.cleanup().toposort()
-        results.append(found)
-    return export_model(graph, model), results
 
 
 def _assert_equal_outputs(a: onnx.ModelProto, b: onnx.ModelProto, shape: tuple[int, ...]) -> None:
@@ -191,7 +166,7 @@ def test_declines_dynamic_spatial_size() -> None:
     assert not any(isinstance(r, Match) for r in results)
     declines = [r for r in results if isinstance(r, Decline)]
     assert len(declines) == 1 and "dynamic spatial size" in declines[0].reason
-    assert _compute_nodes(fused) == _compute_nodes(model)  # nothing rewritten
+    assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten
 
 
 def test_declines_padded_depthwise_conv() -> None:
