@@ -2,7 +2,7 @@
 
 The data ship inside scikit-learn (no download; scikit-learn is a `dev` extra, imported lazily).
 The split is fixed (70/30, stratified, `random_state=0`) and pixels are normalised with the
-mean/std of the training split, so every engineer's accuracy numbers are comparable.
+mean/std of the training split, so accuracy numbers from every run are comparable.
 """
 
 from __future__ import annotations
