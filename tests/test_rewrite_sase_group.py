@@ -10,11 +10,10 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_rewrite_equivalent
 from rewrite_blocks import apply_rule, compute_nodes
 from torch import nn
 
-from sase_deploy.engines.ort import run_onnx
-from sase_deploy.report.compare import compare_outputs
 from sase_deploy.rewrite.rule import Decline, Match
 from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 
@@ -148,9 +147,8 @@ def _feed(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.nda
 
 
 def _assert_equal_outputs(a: onnx.ModelProto, b: onnx.ModelProto, batch: int) -> None:
-    feed = _feed(a, batch)
-    diffs = compare_outputs(run_onnx(a, feed), run_onnx(b, feed))
-    assert all(d.rel_max_abs < 1e-5 and d.finite for d in diffs), diffs
+    """Equal in float64, and no less accurate in float32 on this CPU (see tests/numerics.py)."""
+    assert_rewrite_equivalent(a, b, _feed(a, batch))
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
