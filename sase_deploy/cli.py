@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import click
 
 from sase_deploy import __version__
+from sase_deploy.commands.build import build_command
 from sase_deploy.commands.calibrate import calibrate_command
 from sase_deploy.commands.convert import convert_command
 from sase_deploy.commands.export import export_command
@@ -31,6 +32,7 @@ cli.add_command(export_command)
 cli.add_command(calibrate_command)
 cli.add_command(convert_command)
 cli.add_command(fuse_command)
+cli.add_command(build_command)
 
 
 def _one_line(message: str) -> str:

@@ -1,0 +1,200 @@
+"""TensorRT engines through Polygraphy: parse + build (both flavours) and a runner.
+
+Polygraphy's loaders do the work (`create_network`, `CreateConfig` / `CreateConfigRTX`,
+`EngineBytesFromNetwork`, `EngineFromBytes`, `TrtRunner`); written here is only what they do
+not: parser errors turned into one-line user errors naming the node, the layer table of the
+parsed network for the manifest, and capture of their log lines (which go to stdout, where
+`--json` output lives).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sase_deploy.engines.base import Feed, Outputs, Runner
+from sase_deploy.engines.flavours import Flavour, polygraphy_trt, trt_module
+from sase_deploy.errors import UserError
+
+Shape = tuple[int, ...]
+Profile = Mapping[str, tuple[Shape, Shape, Shape]]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the builder is asked for.
+
+    compute_capability: "8.9" targets that SM ahead of time (TensorRT-RTX); None builds for the
+        local GPU (TensorRT). profile: input name -> (min, opt, max) shapes for dynamic inputs.
+    workspace_mb: workspace pool limit (None: the builder's default). timing_cache: file read and
+        updated (TensorRT only). flags: "fp16"/"int8" builder flags (TensorRT 10 weakly typed;
+        empty for strongly typed builds). calib_cache: TensorRT-10 INT8 calibration cache.
+    dla_core: DLA core with GPU fallback (Jetson).
+    """
+
+    compute_capability: str | None = None
+    profile: Profile | None = None
+    workspace_mb: int | None = None
+    timing_cache: Path | None = None
+    flags: tuple[str, ...] = ()
+    calib_cache: Path | None = None
+    dla_core: int | None = None
+
+    @property
+    def strongly_typed(self) -> bool:
+        return not self.flags
+
+
+@dataclass
+class EngineBuild:
+    """A serialized engine and what the builder saw."""
+
+    engine: bytes
+    seconds: float
+    layers: list[dict[str, Any]]
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def layer_types(self) -> dict[str, int]:
+        return dict(collections.Counter(layer["type"] for layer in self.layers).most_common())
+
+    @property
+    def output_dtypes(self) -> dict[str, int]:
+        counts = collections.Counter(d for layer in self.layers for d in layer["dtypes"])
+        return dict(counts.most_common())
+
+
+@contextlib.contextmanager
+def _captured_log(lines: list[str]) -> Iterator[None]:
+    """Polygraphy prints its (and TensorRT's) log to stdout: keep it for the manifest instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        lines.extend(line for line in buffer.getvalue().splitlines() if line.strip())
+
+
+def _short(kind: Any) -> str:
+    return str(kind).rsplit(".", 1)[-1]
+
+
+def layer_table(network: Any) -> list[dict[str, Any]]:
+    """name, type and output dtypes of every layer of a parsed network."""
+    table = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        dtypes = [_short(layer.get_output(i).dtype) for i in range(layer.num_outputs)]
+        table.append({"name": layer.name, "type": _short(layer.type), "dtypes": dtypes})
+    return table
+
+
+def parse_onnx(onnx_path: Path, flavour: Flavour, strongly_typed: bool) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) for `onnx_path`; a rejected graph is a UserError naming the
+    node, its op and the parser's message."""
+    ptrt = polygraphy_trt(flavour)
+    trt = trt_module(flavour)
+    builder, network = ptrt.create_network(strongly_typed=strongly_typed)
+    parser = trt.OnnxParser(network, ptrt.get_trt_logger())
+    if parser.parse_from_file(os.fspath(onnx_path)):
+        return builder, network, parser
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    if not errors:
+        raise UserError(f"{flavour.name} could not parse {onnx_path}; is it a valid ONNX file?")
+    first = errors[0]
+    message = " ".join(str(first.desc()).split())
+    raise UserError(
+        f"{flavour.name} {flavour.version} rejects {onnx_path.name}: node '{first.node_name()}' "
+        f"({first.node_operator()}): {message}"
+        + (f" (+{len(errors) - 1} more parser errors)" if len(errors) > 1 else "")
+        + "; re-export with 'sase-deploy export' or report the graph"
+    )
+
+
+def _config(flavour: Flavour, options: BuildOptions) -> Any:
+    ptrt = polygraphy_trt(flavour)
+    profiles = None
+    if options.profile:
+        profile = ptrt.Profile()
+        for name, (low, opt, high) in options.profile.items():
+            profile.add(name, low, opt, high)
+        profiles = [profile]
+    pools = None
+    if options.workspace_mb is not None:
+        trt = trt_module(flavour)
+        pools = {trt.MemoryPoolType.WORKSPACE: options.workspace_mb << 20}
+    common: dict[str, Any] = {"profiles": profiles, "memory_pool_limits": pools}
+    if flavour.name == "tensorrt-rtx":
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        cc = options.compute_capability
+        ccs = [tuple(int(p) for p in cc.split("."))] if cc else None
+        return CreateConfigRTX(compute_capabilities=ccs, **common)
+    calibrator = None
+    if options.calib_cache is not None:  # reads ranges from the cache; no data loader needed
+        calibrator = ptrt.Calibrator(data_loader=None, cache=os.fspath(options.calib_cache))
+    return ptrt.CreateConfig(
+        fp16="fp16" in options.flags,
+        int8="int8" in options.flags,
+        calibrator=calibrator,
+        use_dla=options.dla_core is not None,
+        allow_gpu_fallback=options.dla_core is not None,
+        load_timing_cache=os.fspath(options.timing_cache) if options.timing_cache else None,
+        **common,
+    )
+
+
+def build_engine(onnx_path: Path, flavour: Flavour, options: BuildOptions) -> EngineBuild:
+    """Parse `onnx_path` and build a serialized engine with `flavour` (see `BuildOptions`)."""
+    ptrt = polygraphy_trt(flavour)
+    log: list[str] = []
+    with _captured_log(log):
+        builder, network, parser = parse_onnx(onnx_path, flavour, options.strongly_typed)
+        layers = layer_table(network)
+        config = _config(flavour, options)
+        timing = os.fspath(options.timing_cache) if options.timing_cache else None
+        loader = ptrt.EngineBytesFromNetwork((builder, network, parser), config, timing)
+        start = time.perf_counter()
+        try:
+            engine = loader()
+        except Exception as exc:  # Polygraphy raises PolygraphyException on a failed build
+            raise UserError(
+                f"{flavour.name} failed to build {onnx_path.name}: {' '.join(str(exc).split())}"
+                f"; see the builder log above"
+            ) from exc
+        seconds = time.perf_counter() - start
+    return EngineBuild(bytes(engine), seconds, layers, log)
+
+
+class TrtRunner(Runner):
+    """A serialized engine run by Polygraphy's TrtRunner (needs a GPU of its compute capability)."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine: bytes | Path, flavour: Flavour) -> None:
+        super().__init__()
+        self.engine = engine
+        self.flavour = flavour
+        self._runner: Any = None
+
+    def activate_impl(self) -> None:
+        ptrt = polygraphy_trt(self.flavour)
+        data = self.engine.read_bytes() if isinstance(self.engine, Path) else self.engine
+        self._runner = ptrt.TrtRunner(ptrt.EngineFromBytes(data))
+        self._runner.activate()
+
+    def infer_impl(self, feed: Feed) -> Outputs:
+        outputs = self._runner.infer(dict(feed), copy_outputs_to_host=True)
+        return {name: value for name, value in outputs.items()}
+
+    def deactivate_impl(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
