@@ -18,6 +18,7 @@ from sase_deploy.commands.convert import convert_command
 from sase_deploy.commands.export import export_command
 from sase_deploy.commands.fuse import fuse_command
 from sase_deploy.commands.models import models_command
+from sase_deploy.commands.targets import doctor_command, targets_command
 from sase_deploy.errors import ParityError, UserError
 
 
@@ -33,6 +34,8 @@ cli.add_command(calibrate_command)
 cli.add_command(convert_command)
 cli.add_command(fuse_command)
 cli.add_command(build_command)
+cli.add_command(targets_command)
+cli.add_command(doctor_command)
 
 
 def _one_line(message: str) -> str:
