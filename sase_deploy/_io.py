@@ -1,11 +1,15 @@
 """Atomic writes: every artifact goes to a temp file in its destination folder, then is renamed.
 
-A crash or a rejected input never leaves a half-written ONNX, engine or report behind.
+A crash or a rejected input never leaves a half-written ONNX, engine or report behind. An output
+place that cannot be written (a folder that cannot be created, no permission, a read-only or full
+disk, a destination that is a folder) is a `UserError` naming the path and the OS reason; folders
+created for a write that then failed are removed again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -14,23 +18,155 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sase_deploy.errors import UserError
+
+# Raised while writing a temp file, these are about the output place, whichever file they name.
+_STORAGE_ERRNOS = frozenset(
+    code
+    for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG, errno.EROFS)
+    if code is not None
+)
+
+
+def output_error(
+    dest: str | os.PathLike[str], exc: OSError, folder: Path | None = None
+) -> UserError:
+    """A one-line `UserError` for an OSError met while writing `dest` (or creating its `folder`):
+    the path, the OS reason and what to do."""
+    dest = Path(dest)
+    reason = exc.strerror or str(exc)
+    culprit = exc.filename2 if exc.filename2 is not None else exc.filename
+    ours = {dest, dest.parent}  # dest, or a temp file beside it / inside it (a staging folder)
+    if folder is not None and folder == dest:
+        return UserError(
+            f"cannot create folder {folder}: {reason}; choose an output path you can write to"
+        )
+    if folder is not None:
+        what = f"cannot create folder {folder} ({reason})"
+    elif culprit is not None and not ours & {Path(culprit), Path(culprit).parent}:
+        what = f"{reason} ({culprit})"
+    else:
+        what = reason
+    if isinstance(exc, IsADirectoryError):
+        hint = "it is a folder; give a file path"
+    elif exc.errno in _STORAGE_ERRNOS:
+        hint = "free some space or choose an output path on another disk"
+    else:
+        hint = "choose an output path in a folder you can write to"
+    return UserError(f"cannot write {dest}: {what}; {hint}")
+
+
+def _make_dirs(folder: Path, dest: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders created, outermost first."""
+    missing: list[Path] = []
+    created: list[Path] = []
+    path = folder
+    try:
+        while not path.is_dir():
+            if path.exists() or path.is_symlink():
+                raise UserError(
+                    f"cannot write {dest}: {path} exists and is not a folder; "
+                    "choose another output path"
+                )
+            missing.append(path)
+            path = path.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue  # made by someone else meanwhile: not ours to remove
+            created.append(path)
+    except OSError as exc:
+        _remove_dirs(created)
+        raise output_error(dest, exc, folder=path) from exc
+    return created
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove folders `_make_dirs` created, innermost first, where they are still empty."""
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def is_output_failure(
+    exc: OSError, *paths: str | os.PathLike[str], inside: Path | None = None
+) -> bool:
+    """Whether `exc`, raised while writing `paths` (temp files) or files `inside` a staging
+    folder, is about the output place (and not, say, an input file)."""
+    if exc.errno in _STORAGE_ERRNOS:
+        return True
+    named = {Path(p) for p in paths}
+    for culprit in (exc.filename, exc.filename2):
+        if isinstance(culprit, str | os.PathLike):
+            path = Path(culprit)
+            if path in named or (inside is not None and inside in path.parents):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create `folder` (for writing `dest`) and its missing parents; if the block raises, remove
+    the folders created here again (when empty). An OSError on creating is a `UserError`."""
+    created = _make_dirs(Path(folder), Path(dest))
+    try:
+        yield Path(folder)
+    except BaseException:
+        _remove_dirs(created)
+        raise
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside `dest`; on success rename it onto `dest`, on error delete it."""
+    """Yield a temp path beside `dest`; on success rename it onto `dest`, on error delete it.
+
+    OSErrors about the output place (creating the folder or temp file, writing it when the disk
+    is full or read-only, renaming it onto `dest`) become a `UserError` naming `dest`.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates 0600; give the artifact the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    with output_folder(dest.parent, dest):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        except OSError as exc:
+            raise output_error(dest, exc) from exc
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            # mkstemp creates 0600; give the artifact the permissions a plain open() would.
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, dest)
+        except OSError as exc:
+            if is_output_failure(exc, tmp_path, dest):
+                raise output_error(dest, exc) from exc
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+
+
+def check_writable(*dests: str | os.PathLike[str]) -> None:
+    """Fail early, before long work, when a destination cannot be written (`UserError`).
+
+    Creates the missing folders and a probe file beside each destination, then removes both.
+    """
+    for dest in map(Path, dests):
+        with contextlib.ExitStack() as stack:
+            created = _make_dirs(dest.parent, dest)
+            stack.callback(_remove_dirs, created)
+            if dest.is_dir():
+                raise output_error(dest, IsADirectoryError(errno.EISDIR, "Is a directory"))
+            try:
+                fd, probe = tempfile.mkstemp(
+                    prefix=f".{dest.name}.", suffix=".probe", dir=dest.parent
+                )
+            except OSError as exc:
+                raise output_error(dest, exc) from exc
+            os.close(fd)
+            os.unlink(probe)
 
 
 def _umask() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from sase_deploy._io import atomic_path, sha256_file, write_json_atomic
+from sase_deploy._io import atomic_path, check_writable, sha256_file
 from sase_deploy.calibration import graph, trt_cache
 from sase_deploy.calibration.fp16 import DEFAULT_REDUCE_LIMIT, convert_fp16, fp16_keep_list
 from sase_deploy.calibration.qdq import quantize_qdq
@@ -21,6 +21,7 @@ from sase_deploy.calibration.ranges import TensorRanges, collect_ranges
 from sase_deploy.calibration.sensitivity import AutoKeepResult, Evaluator, Task, auto_keep
 from sase_deploy.calibration.sources import (
     CalibrationSource,
+    FixedBatchSource,
     manifest_model_name,
     open_source,
     registry_preprocess,
@@ -88,6 +89,31 @@ def _open(
     return open_source(data, model, samples=samples, preprocess=prep, seed=seed)
 
 
+DEFAULT_BATCH = 16
+
+
+def _batch_plan(
+    source: CalibrationSource, requested: int | None, data: str
+) -> tuple[int, list[str]]:
+    """The batch to run `source` at (a fixed-batch model's own, else `requested` or 16), and
+    notes for the user when that is not what they asked for or samples were left out."""
+    if not isinstance(source, FixedBatchSource):
+        return requested or DEFAULT_BATCH, []
+    notes = []
+    if requested is not None and requested != source.batch:
+        notes.append(
+            f"the model has a fixed batch of {source.batch} (exported without --dynamic-batch), "
+            f"so it runs in batches of {source.batch}, not --batch {requested}; export it with "
+            "--dynamic-batch to choose the batch"
+        )
+    if source.dropped:
+        notes.append(
+            f"{data}: using {source.num_samples} of {source.num_samples + source.dropped} "
+            f"samples (whole batches of the model's fixed batch {source.batch})"
+        )
+    return source.batch, notes
+
+
 @dataclass
 class CalibrationResult:
     int8_onnx: Path
@@ -100,6 +126,8 @@ class CalibrationResult:
     cache_tensors: int
     auto_keep: AutoKeepResult | None
     timings: dict[str, float] = field(default_factory=dict)
+    batch: int = DEFAULT_BATCH
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,12 +136,22 @@ class CalibrationResult:
             "calib_json": str(self.json),
             "method": self.method,
             "samples": self.samples,
+            "batch": self.batch,
             "quantized_nodes": len(self.quantized_nodes),
             "kept_float": self.kept_float,
             "cache_tensors": self.cache_tensors,
             "auto_keep": self.auto_keep.to_dict() if self.auto_keep else None,
+            "notes": self.notes,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+
+def _artifact_paths(model_path: Path, output_dir: str | Path) -> tuple[Path, Path, Path]:
+    """NAME.int8.onnx, NAME.calib.cache and NAME.calib.json in `output_dir`."""
+    stem, out_dir = _model_stem(model_path), Path(output_dir)
+    suffixes = ("int8.onnx", "calib.cache", "calib.json")
+    int8, cache, calib_json = (out_dir / f"{stem}.{suffix}" for suffix in suffixes)
+    return int8, cache, calib_json
 
 
 def calibrate_onnx(
@@ -123,7 +161,7 @@ def calibrate_onnx(
     *,
     method: str = "percentile",
     samples: int | None = 512,
-    batch: int = 16,
+    batch: int | None = None,
     model_name: str | None = None,
     preprocess: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -137,23 +175,59 @@ def calibrate_onnx(
 
     The ranges are collected once (ORT CPU) and feed all three artifacts. With
     `auto_keep_tolerance`, SE gate paths become candidates too and the fewest nodes needed to
-    meet the tolerance stay float (see `sensitivity`).
+    meet the tolerance stay float (see `sensitivity`). `batch` (default 16) is how many samples
+    ORT runs at once; a model exported with a fixed batch always runs at its own (`notes` says so
+    when that differs from an explicit `batch`).
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
     path = Path(model_path)
-    if batch < 1 or (samples is not None and samples < 1):
+    if (batch is not None and batch < 1) or (samples is not None and samples < 1):
         raise UserError("--batch and --samples must be positive integers")
     trt_cache.trt_version_code(trt_version)  # validate before any work
     model = load_onnx(path)
+    paths = _artifact_paths(path, output_dir)
+    check_writable(*paths)  # before minutes of calibration, not after
     model_name = _resolve_model_name(path, model_name)
     named = graph.named_copy(model)
     source = _open(named, path, data, samples, model_name, preprocess, seed)
+    run_batch, notes = _batch_plan(source, batch, data)
     timings["load_s"] = time.perf_counter() - start
 
-    ranges: TensorRanges = collect_ranges(named, source, method, batch, percentile)
+    ranges: TensorRanges = collect_ranges(named, source, method, run_batch, percentile)
     timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
+    candidates, kept, auto = _int8_nodes(
+        named, source, ranges, _task(named, model_name), quantize_gates, auto_keep_tolerance,
+        eval_samples, timings,
+    )  # fmt: skip
 
+    stage = time.perf_counter()
+    quantized = quantize_qdq(named, ranges, candidates)
+    timings["quantize_s"] = time.perf_counter() - stage
+
+    tensor_names = graph.float_tensor_names(model)
+    cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
+    result = CalibrationResult(
+        *paths, method, ranges.samples, sorted(candidates), kept, len(cache_amax), auto, timings,
+        run_batch, notes,
+    )  # fmt: skip
+    extra = {"model": str(path), "model_sha256": sha256_file(path), "registry_model": model_name,
+             "data": source.describe()}  # fmt: skip
+    _write_calibration(result, quantized, ranges, cache_amax, trt_version, extra, start)
+    return result
+
+
+def _int8_nodes(
+    named: onnx.ModelProto,
+    source: CalibrationSource,
+    ranges: TensorRanges,
+    task: Task,
+    quantize_gates: bool,
+    auto_keep_tolerance: float | None,
+    eval_samples: int,
+    timings: dict[str, float],
+) -> tuple[set[str], dict[str, str], AutoKeepResult | None]:
+    """Nodes to quantise, nodes kept float (with why), and the `--auto-keep` search if asked."""
     shaped = graph.with_shapes(named)
     weighted = graph.quantizable_nodes(shaped)
     gates = graph.gate_path_nodes(shaped)
@@ -165,7 +239,7 @@ def calibrate_onnx(
     auto: AutoKeepResult | None = None
     if auto_keep_tolerance is not None:
         stage = time.perf_counter()
-        evaluator = Evaluator.from_source(named, source, _task(named, model_name), eval_samples)
+        evaluator = Evaluator.from_source(named, source, task, eval_samples)
         auto = auto_keep(
             candidates, lambda lowered: quantize_qdq(named, ranges, lowered), evaluator,
             auto_keep_tolerance,
@@ -173,54 +247,52 @@ def calibrate_onnx(
         candidates -= set(auto.kept)
         kept.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
         timings["sensitivity_s"] = time.perf_counter() - stage
+    return candidates, kept, auto
 
-    stage = time.perf_counter()
-    quantized = quantize_qdq(named, ranges, candidates)
-    timings["quantize_s"] = time.perf_counter() - stage
 
-    tensor_names = graph.float_tensor_names(model)
-    cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
-    stem = _model_stem(path)
-    out_dir = Path(output_dir)
-    int8_path = out_dir / f"{stem}.int8.onnx"
-    cache_path = out_dir / f"{stem}.calib.cache"
-    json_path = out_dir / f"{stem}.calib.json"
+def _write_calibration(
+    result: CalibrationResult,
+    quantized: onnx.ModelProto,
+    ranges: TensorRanges,
+    cache_amax: dict[str, float],
+    trt_version: str,
+    extra: dict[str, Any],
+    start: float,
+) -> None:
+    """Write the three artifacts as one step: all into temp files, then renamed (no set of
+    files is left half written when the disk fills or the place is not writable)."""
     stage = time.perf_counter()
-    with atomic_path(int8_path) as tmp:
-        onnx.save_model(quantized, tmp)
-    trt_cache.write_cache(cache_path, cache_amax, method, trt_version)
-    timings["write_s"] = time.perf_counter() - stage
-    timings["total_s"] = time.perf_counter() - start
-    result = CalibrationResult(
-        int8_path, cache_path, json_path, method, ranges.samples, sorted(candidates), kept,
-        len(cache_amax), auto, timings,
-    )  # fmt: skip
-    write_json_atomic(
-        json_path,
-        {
+    with (
+        atomic_path(result.int8_onnx) as int8_tmp,
+        atomic_path(result.cache) as cache_tmp,
+        atomic_path(result.json) as json_tmp,
+    ):
+        onnx.save_model(quantized, int8_tmp)
+        cache_tmp.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
+        result.timings["write_s"] = time.perf_counter() - stage
+        result.timings["total_s"] = time.perf_counter() - start
+        summary = {k: v for k, v in result.to_dict().items() if k != "calib_json"}
+        details = {
             "format": CALIB_FORMAT,
-            "model": str(path),
-            "model_sha256": sha256_file(path),
-            "registry_model": model_name,
-            "method": method,
+            **{k: v for k, v in extra.items() if k != "data"},
+            "method": result.method,
             "percentile": ranges.percentile,
-            "data": source.describe(),
+            "data": extra["data"],
             "samples": ranges.samples,
-            "batch": batch,
+            "batch": result.batch,
             "symmetric": True,
             "trt_cache": {
-                "file": cache_path.name,
-                "header": trt_cache.format_cache({}, method, trt_version).strip(),
+                "file": result.cache.name,
+                "header": trt_cache.format_cache({}, result.method, trt_version).strip(),
             },
-            **{k: v for k, v in result.to_dict().items() if k not in ("calib_json",)},
-            "quantized_nodes": sorted(candidates),
+            **summary,
+            "quantized_nodes": result.quantized_nodes,
             "tensors": {
                 name: {"amax": value, "scale": value / 127.0, "min": -value, "max": value}
                 for name, value in ranges.amax.items()
             },
-        },
-    )
-    return result
+        }
+        json_tmp.write_text(json.dumps(details, indent=2, sort_keys=False) + "\n")
 
 
 def read_calib_json(path: str | Path) -> dict[str, float]:
@@ -239,6 +311,7 @@ class ConvertResult:
     kept_fp32: dict[str, str]
     auto_keep: AutoKeepResult | None
     timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -246,6 +319,7 @@ class ConvertResult:
             "precision": self.precision,
             "kept_fp32": self.kept_fp32,
             "auto_keep": self.auto_keep.to_dict() if self.auto_keep else None,
+            "notes": self.notes,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -276,32 +350,25 @@ def convert_onnx(
     path = Path(model_path)
     out = Path(output) if output is not None else path.with_name(f"{_model_stem(path)}.fp16.onnx")
     model = load_onnx(path)
+    check_writable(out)
     model_name = _resolve_model_name(path, model_name)
     named = graph.named_copy(model)
-    source = None
+    source, notes = None, []
     if data is not None:
         source = _open(named, path, data, samples, model_name, preprocess, seed)
+        notes = _batch_plan(source, None, data)[1]
     if auto_keep_tolerance is not None and source is None:
         raise UserError("--auto-keep measures accuracy on data: pass --data too")
     amax = read_calib_json(calib_json) if calib_json is not None else None
     if amax is None and source is not None:
-        amax = collect_ranges(named, source, "minmax", 16).amax
+        amax = collect_ranges(named, source, "minmax", DEFAULT_BATCH).amax
     timings["analyse_s"] = time.perf_counter() - start
     keep = fp16_keep_list(named, reduce_limit, amax)
     auto: AutoKeepResult | None = None
     if auto_keep_tolerance is not None and source is not None:
         stage = time.perf_counter()
         evaluator = Evaluator.from_source(named, source, _task(named, model_name), eval_samples)
-        candidates = {
-            n.name
-            for n in named.graph.node
-            if n.op_type in FP16_CANDIDATE_OPS and n.name not in keep
-        }
-        auto = auto_keep(
-            candidates, lambda lowered: convert_fp16(named, set(keep) | (candidates - lowered)),
-            evaluator, auto_keep_tolerance,
-        )  # fmt: skip
-        keep.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
+        auto = _fp16_auto_keep(named, keep, evaluator, auto_keep_tolerance)
         timings["sensitivity_s"] = time.perf_counter() - stage
     stage = time.perf_counter()
     converted = convert_fp16(named, keep)
@@ -309,7 +376,22 @@ def convert_onnx(
     with atomic_path(out) as tmp:
         onnx.save_model(converted, tmp)
     timings["total_s"] = time.perf_counter() - start
-    return ConvertResult(out, precision, keep, auto, timings)
+    return ConvertResult(out, precision, keep, auto, timings, notes)
+
+
+def _fp16_auto_keep(
+    named: onnx.ModelProto, keep: dict[str, str], evaluator: Evaluator, tolerance: float
+) -> AutoKeepResult:
+    """`--auto-keep` for FP16: adds the nodes it keeps in FP32 to `keep` (with why)."""
+    candidates = {
+        n.name for n in named.graph.node if n.op_type in FP16_CANDIDATE_OPS and n.name not in keep
+    }
+    auto = auto_keep(
+        candidates, lambda lowered: convert_fp16(named, set(keep) | (candidates - lowered)),
+        evaluator, tolerance,
+    )  # fmt: skip
+    keep.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
+    return auto
 
 
 def finite_or_none(value: float) -> float | None:

@@ -2,11 +2,14 @@
 
 Every source yields feeds (`{input_name: batch}`) for the model it was opened against, checks
 shapes up front and raises `UserError` for bad input (empty folder, unreadable image, shape
-mismatch) before anything is calibrated.
+mismatch) before anything is calibrated. A model exported with a fixed batch (dim 0 a number, the
+export default) only runs at that batch, so `open_source` wraps its source in `FixedBatchSource`,
+which feeds whole batches of exactly that size whatever batch size the caller asks for.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -284,6 +287,59 @@ class LatentSource:
         }
 
 
+def model_batch(inputs: Sequence[GraphInput]) -> int | None:
+    """The batch the model was exported with (dim 0 fixed on its inputs), or None when dynamic."""
+    fixed = {inp.shape[0] for inp in inputs if inp.shape and inp.shape[0]}
+    if len(fixed) > 1:
+        raise UserError(
+            f"the model's inputs fix different batch sizes {sorted(fixed)} on dim 0; "
+            "re-export it with one batch size or with --dynamic-batch"
+        )
+    return fixed.pop() if fixed else None
+
+
+@dataclass
+class FixedBatchSource:
+    """A source for a fixed-batch model: whole batches of exactly `batch` samples.
+
+    `batches(n)` ignores `n` (the model runs at no other size). The samples past the last whole
+    batch are left out (`dropped`); fewer samples than one batch is a `UserError`.
+    """
+
+    inner: CalibrationSource
+    batch: int
+    num_samples: int = field(init=False)
+    dropped: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        available = self.inner.num_samples
+        if available < self.batch:
+            origin = self.inner.describe().get("origin", "the calibration data")
+            raise UserError(
+                f"{origin}: {available} samples, fewer than the model's fixed batch of "
+                f"{self.batch}; provide at least {self.batch} or export with --dynamic-batch"
+            )
+        self.dropped = available % self.batch
+        self.num_samples = available - self.dropped
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        del batch_size  # the model's own batch is the only one it accepts
+        # islice stops before asking for the short tail batch: its images are never loaded
+        yield from itertools.islice(self.inner.batches(self.batch), self.num_samples // self.batch)
+
+    def labels(self) -> np.ndarray | None:
+        labels = self.inner.labels()
+        return None if labels is None else labels[: self.num_samples]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.inner.describe(),
+            "samples": self.num_samples,
+            "fixed_batch": self.batch,
+            "dropped": self.dropped,
+        }
+
+
 def manifest_model_name(onnx_path: str | os.PathLike[str]) -> str | None:
     """The registry model named by the export manifest beside `OUT.onnx`, if there is one."""
     path = Path(onnx_path)
@@ -317,10 +373,25 @@ def open_source(
     preprocess: Preprocess | None = None,
     seed: int = 0,
 ) -> CalibrationSource:
-    """Open `--data`: a folder of images, a `.npy`/`.npz` file, or `latent[:SEED]`."""
+    """Open `--data`: a folder of images, a `.npy`/`.npz` file, or `latent[:SEED]`.
+
+    For a fixed-batch model the source is a `FixedBatchSource` at the model's batch.
+    """
     inputs = graph_inputs(model)
     if not inputs:
         raise UserError("the model has no float inputs to calibrate")
+    batch = model_batch(inputs)
+    source = _open_data(data, inputs, samples, preprocess, seed)
+    return source if batch is None else FixedBatchSource(source, batch)
+
+
+def _open_data(
+    data: str,
+    inputs: tuple[GraphInput, ...],
+    samples: int | None,
+    preprocess: Preprocess | None,
+    seed: int,
+) -> CalibrationSource:
     if data == "latent" or data.startswith("latent:"):
         if ":" in data:
             try:

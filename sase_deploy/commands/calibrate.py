@@ -99,7 +99,12 @@ def report_auto_keep(summary: dict[str, Any], as_json: bool) -> None:
     "--percentile", type=float, default=99.99, show_default=True, help="For --method percentile."
 )
 @click.option("--samples", type=int, default=512, show_default=True)
-@click.option("--batch", type=int, default=16, show_default=True)
+@click.option(
+    "--batch",
+    type=int,
+    help="Samples per ORT run [default: 16]. A model exported with a fixed batch (without "
+    "--dynamic-batch) always runs at its own batch.",
+)
 @click.option(
     "-o",
     "--output-dir",
@@ -156,6 +161,8 @@ def calibrate_command(**kwargs: Any) -> None:
         trt_version=kwargs["trt_version"],
     )
     summary = {"command": "calibrate", **result.to_dict()}
+    for text in result.notes:  # on stderr in both modes: stdout may carry the JSON
+        click.echo(f"note: {text}", err=True)
     if as_json:
         emit_json(summary)
     else:

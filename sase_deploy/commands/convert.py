@@ -70,6 +70,8 @@ def convert_command(**kwargs: Any) -> None:
         eval_samples=kwargs["eval_samples"],
     )
     summary = {"command": "convert", **result.to_dict()}
+    for text in result.notes:  # on stderr in both modes: stdout may carry the JSON
+        click.echo(f"note: {text}", err=True)
     if as_json:
         emit_json(summary)
     else:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import onnx
 
+from sase_deploy._io import is_output_failure, output_error, output_folder
+
 # protobuf cannot serialise a message over 2 GiB; stay clear of the limit.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
@@ -40,22 +42,44 @@ def save_model(model: onnx.ModelProto, dest: Path, *, threshold: int) -> Path | 
 
 @contextlib.contextmanager
 def staging_dir(final_dir: Path) -> Iterator[Path]:
-    """A hidden temp folder inside `final_dir` (same filesystem: renames are atomic)."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=".sase-export.", dir=final_dir))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    """A hidden temp folder inside `final_dir` (same filesystem: renames are atomic).
+
+    `final_dir` and missing parents are created (and removed again if the block fails); an
+    output place that cannot be written is a `UserError`, as with `atomic_path`.
+    """
+    with output_folder(final_dir, final_dir):
+        try:
+            path = Path(tempfile.mkdtemp(prefix=".sase-export.", dir=final_dir))
+        except OSError as exc:
+            raise output_error(final_dir, exc) from exc
+        try:
+            yield path
+        except OSError as exc:  # writing a staged file: a full or read-only disk
+            if is_output_failure(exc, inside=path):
+                raise output_error(final_dir, exc) from exc
+            raise
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def publish(staged: Path, dest: Path) -> list[Path]:
-    """Move a staged model (and its data file, first) onto `dest`; returns the final paths."""
+    """Move a staged model (and its data file, first) onto `dest`; returns the final paths.
+
+    If the model cannot be moved (`dest` is a folder, say), the data file is taken back: a
+    `UserError`, and nothing new left at `dest`.
+    """
     moved = []
     data = staged.parent / external_data_name(staged)
-    if data.exists():
-        os.replace(data, dest.parent / external_data_name(dest))
-        moved.append(dest.parent / external_data_name(dest))
-    os.replace(staged, dest)
+    dest_data = dest.parent / external_data_name(dest)
+    try:
+        if data.exists():
+            os.replace(data, dest_data)
+            moved.append(dest_data)
+        os.replace(staged, dest)
+    except OSError as exc:
+        for path in moved:
+            with contextlib.suppress(OSError):
+                os.replace(path, data)
+        raise output_error(dest, exc) from exc
     moved.insert(0, dest)
     return moved
