@@ -35,13 +35,14 @@ class CalibrationCache:
 
 
 def trt_version_code(version: str) -> int:
-    """`10.3.0` -> 100300 (TensorRT 10's NV_TENSORRT_VERSION = major*10000 + minor*100 + patch)."""
+    """NV_TENSORRT_VERSION as cache headers spell it: `10.3.0` -> 100300 (10 and later:
+    major*10000 + minor*100 + patch), `8.5.2` -> 8502 (8.x: major*1000 + minor*100 + patch)."""
     try:
         parts = [int(p) for p in version.split(".")]
     except ValueError as exc:
         raise UserError(f"TensorRT version '{version}' is not like 10.3.0") from exc
     major, minor, patch = [*parts, 0, 0][:3]
-    return major * 10000 + minor * 100 + patch
+    return (major * 10000 if major >= 10 else major * 1000) + minor * 100 + patch
 
 
 def scale_to_hex(scale: float) -> str:

@@ -251,9 +251,9 @@ def _prepare_onnx(
         out = out_dir / f"{stem}.fp16.onnx"
         convert_onnx(request.onnx, out, precision="fp16", calib_json=calib_json)
         return out, {"made_by": "sase-deploy convert --precision fp16", "calib_json": calib_json}
-    int8_onnx, cache = _int8_files(request, out_dir, stage)
-    if graph_typed:
-        return int8_onnx, {"made_by": "sase-deploy calibrate (Q/DQ)", "calib_cache": cache}
+    int8_onnx, cache = _int8_files(request, out_dir, graph_typed, stage)
+    if graph_typed and int8_onnx is not None:  # the Q/DQ graph carries the ranges: no cache
+        return int8_onnx, {"made_by": "sase-deploy calibrate (Q/DQ)"}
     return request.onnx, {"made_by": "input", "flags": ["int8"], "calib_cache": cache}
 
 
@@ -271,12 +271,14 @@ def _calibration_file(request: BuildRequest, suffix: str, required: bool) -> Pat
     return None
 
 
-def _int8_files(request: BuildRequest, out_dir: Path, stage: Stage) -> tuple[Path, Path]:
-    """(Q/DQ ONNX, TensorRT-10 cache) from --calibration, or made from --data."""
+def _int8_files(
+    request: BuildRequest, out_dir: Path, graph_typed: bool, stage: Stage
+) -> tuple[Path | None, Path | None]:
+    """(Q/DQ ONNX, TensorRT-10 cache) from --calibration, or made from --data. A folder needs
+    only what the builder reads: the Q/DQ graph when typed, else the cache (Jetson bundles)."""
     if request.calibration is not None:
-        int8 = _calibration_file(request, "int8.onnx", required=True)
-        cache = _calibration_file(request, "calib.cache", required=True)
-        assert int8 is not None and cache is not None
+        int8 = _calibration_file(request, "int8.onnx", required=graph_typed)
+        cache = _calibration_file(request, "calib.cache", required=not graph_typed)
         return int8, cache
     if request.data is None:
         raise UserError(

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from sase_deploy.engines.base import Feed, Outputs, Runner
+from sase_deploy.errors import UserError
 
 
 class OrtRunner(Runner):
@@ -73,3 +74,22 @@ def run_onnx(model: str | os.PathLike[str] | bytes | onnx.ModelProto, feed: Feed
     """Run one feed through ORT CPU (no graph optimisation surprises: level `all`, default)."""
     with OrtRunner(model) as runner:
         return runner.infer(feed)
+
+
+class OrtCudaRunner(OrtRunner):
+    """ONNX Runtime on the CUDA provider; refuses to start when ORT would fall back to CPU."""
+
+    name = "onnxruntime-cuda"
+
+    def __init__(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> None:
+        super().__init__(model, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+
+    def activate_impl(self) -> None:
+        super().activate_impl()
+        assert self.session is not None
+        if self.session.get_providers()[0] != "CUDAExecutionProvider":
+            self.session = None
+            raise UserError(
+                "ONNX Runtime cannot use CUDA here (no onnxruntime-gpu or no GPU); "
+                "see 'sase-deploy doctor'"
+            )

@@ -1,0 +1,436 @@
+"""Bundles for targets this machine cannot build for (Jetson; SM90 without TensorRT).
+
+A TensorRT engine only runs on the GPU model and TensorRT version that built it, so for those
+targets we ship what the device needs to build its own: the ONNX (+ external data), the INT8
+calibration cache if any, `build.sh` running `trtexec` with arguments checked against that
+TensorRT's option set, `manifest.json` and a README.
+
+Which ONNX each precision ships with (`strongly_typed_graph` = the ONNX carries its precision):
+  TensorRT 8.5/8.6  fp16: FP32 graph + --fp16. int8: FP32 graph + --int8 --calib=CACHE
+                    (implicit), or the Q/DQ graph + --int8 (explicit quantization).
+  TensorRT 10.x     as 8.x for FP32 graphs; a typed graph (FP16 casts / Q/DQ) builds with
+                    --stronglyTyped, which TensorRT 11 also accepts, except on DLA where the 10.x
+                    route is the precision flags.
+  TensorRT 11+      no precision flags and no calibration caches: the FP16-cast or Q/DQ graph.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sase_deploy import __version__
+from sase_deploy._io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from sase_deploy.engines.targets import Target, check_request
+from sase_deploy.errors import UserError
+
+Shapes = Mapping[str, Sequence[Sequence[int]]]  # input name -> (min, opt, max) dims
+
+# trtexec options each TensorRT documents in `trtexec --help`, limited to the ones this module
+# emits or that changed between versions. Read from samples/common/sampleOptions.cpp of
+# NVIDIA/TensorRT at tags 8.5.2, v8.6.1, v10.3.0, v10.16, v11.0. Not listed on purpose:
+# --explicitBatch (8.x parses it as a no-op, undocumented; gone in 10), --nvtxMode (same).
+# --memPoolSize=workspace:N (MiB) exists since 8.4, which deprecated --workspace=N.
+# fmt: off
+_COMMON = frozenset({
+    "--onnx", "--saveEngine", "--memPoolSize", "--minShapes", "--optShapes", "--maxShapes",
+    "--timingCacheFile", "--useDLACore", "--allowGPUFallback", "--verbose",
+})
+# fmt: on
+TRTEXEC_OPTIONS: dict[str, frozenset[str]] = {
+    "8.5": _COMMON | {"--workspace", "--fp16", "--int8", "--calib", "--buildOnly"},
+    "8.6": _COMMON | {"--workspace", "--fp16", "--int8", "--calib", "--skipInference"},
+    "10": _COMMON | {"--fp16", "--int8", "--calib", "--skipInference", "--stronglyTyped"},
+    # 11 removed weak typing: no --fp16/--int8/--calib; --stronglyTyped is a documented no-op.
+    "11": _COMMON | {"--skipInference", "--stronglyTyped"},
+}
+_VERSION_GLOB = {"8.5": "8.5", "8.6": "8.6", "10": "10.*", "11": "1[1-9].*"}
+BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
+JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+TIMING_CACHE = "timing.cache"
+
+
+def trt_flavour(trt_version: str) -> str:
+    """The key of TRTEXEC_OPTIONS for a TensorRT version: "8.5.2" -> "8.5", "10.3" -> "10".
+
+    Args:
+        trt_version: "MAJOR.MINOR[.PATCH…]" or "MAJOR".
+
+    Raises:
+        UserError: a version older than 8.5, 9.x, or not a version.
+    """
+    try:
+        parts = [int(p) for p in trt_version.strip().split(".")[:2]]
+    except ValueError as exc:
+        raise UserError(f"TensorRT version {trt_version!r} is not like 10.3") from exc
+    major, minor = [*parts, 0][:2]
+    if major == 8 and minor in (5, 6):
+        return f"8.{minor}"
+    if major == 10:
+        return "10"
+    if major >= 11:
+        return "11"  # newest known option set; revisit when 12 ships
+    raise UserError(
+        f"TensorRT {trt_version} is not supported for bundles; use 8.5, 8.6, 10.x or 11+"
+    )
+
+
+def _shape_args(shapes: Shapes) -> list[str]:
+    """--minShapes/--optShapes/--maxShapes, each "name:1x3x224x224[,name2:…]"."""
+    specs: list[list[str]] = [[], [], []]
+    for name, dims in shapes.items():
+        if len(dims) != 3 or len({len(d) for d in dims}) != 1:
+            raise UserError(f"shapes for {name!r}: give (min, opt, max) of one rank")
+        if min(dims[0]) < 1 or not all(a <= b <= c for a, b, c in zip(*dims, strict=True)):
+            raise UserError(f"shapes for {name!r}: need 1 <= min <= opt <= max per dimension")
+        if "," in name or "'" in name:
+            raise UserError(f"input name {name!r}: trtexec shape specs cannot carry ',' or \"'\"")
+        quoted = f"'{name}'" if ":" in name else name  # trtexec splits name:dims on the last ':'
+        for spec, shape in zip(specs, dims, strict=True):
+            spec.append(f"{quoted}:{'x'.join(str(int(d)) for d in shape)}")
+    flags = ("--minShapes", "--optShapes", "--maxShapes")
+    return [f"{flag}={','.join(spec)}" for flag, spec in zip(flags, specs, strict=True)]
+
+
+def _precision_args(
+    flavour: str, precision: str, on_dla: bool, calib_cache: str | None, typed: bool
+) -> list[str]:
+    if precision not in BUNDLE_PRECISIONS:
+        raise UserError(f"bundles build {', '.join(BUNDLE_PRECISIONS)}, not {precision}")
+    if calib_cache and (precision != "int8" or typed or flavour == "11"):
+        raise UserError(
+            "a calibration cache goes with the FP32 graph for implicit INT8 on TensorRT 8.5-10.x "
+            "only; for a Q/DQ graph or TensorRT 11 ship no cache"
+        )
+    if flavour == "11":
+        if precision != "fp32" and not typed:
+            raise UserError(
+                f"TensorRT 11 takes {precision} from the graph; ship the FP16 ONNX "
+                "(sase-deploy convert) or the Q/DQ ONNX (sase-deploy calibrate)"
+            )
+        return []  # every network is strongly typed
+    if typed and flavour == "10" and not on_dla:
+        return ["--stronglyTyped"]  # the graph's own types, as TensorRT 11 and TensorRT-RTX
+    if precision == "fp32":
+        return []
+    if precision == "fp16":
+        return ["--fp16"]
+    if typed:
+        return ["--int8"]  # Q/DQ in the graph: explicit quantization, no cache
+    if not calib_cache:
+        raise UserError(
+            "INT8 from the FP32 graph needs a calibration cache (sase-deploy calibrate writes "
+            "NAME.calib.cache); or ship the Q/DQ ONNX"
+        )
+    return ["--int8", f"--calib={calib_cache}"]
+
+
+def trtexec_args(
+    trt_version: str,
+    onnx_name: str,
+    engine_name: str,
+    precision: str,
+    shapes: Shapes | None = None,
+    workspace_mb: int = 1024,
+    dla_core: int | None = None,
+    calib_cache: str | None = None,
+    timing_cache: str | None = TIMING_CACHE,
+    strongly_typed_graph: bool = False,
+) -> list[str]:
+    """trtexec arguments (without the program name) that build `engine_name` from `onnx_name`.
+
+    Args:
+        trt_version: TensorRT that will run trtexec, e.g. "8.5", "10.3", "11.0".
+        onnx_name: ONNX path as trtexec will see it (relative to the bundle).
+        engine_name: engine path to write.
+        precision: "fp32", "fp16" or "int8".
+        shapes: input name -> (min, opt, max) dims for dynamic inputs; None for static models.
+        workspace_mb: builder workspace limit in MiB.
+        dla_core: DLA core index (adds --allowGPUFallback), or None for the GPU.
+        calib_cache: calibration cache path for implicit INT8 on the FP32 graph (8.5-10.x).
+        timing_cache: timing cache path (created by trtexec, reused on rebuilds), or None.
+        strongly_typed_graph: the ONNX carries its precision (FP16 casts or INT8 Q/DQ).
+
+    Raises:
+        UserError: a request this TensorRT cannot build (see `_precision_args`).
+        ValueError: an emitted option that this TensorRT's trtexec lacks (a bug here).
+    """
+    flavour = trt_flavour(trt_version)
+    if dla_core is not None and precision not in ("fp16", "int8"):
+        raise UserError("DLA runs fp16 or int8 only; drop --dla-core or change --precision")
+    args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
+    args.append(f"--memPoolSize=workspace:{int(workspace_mb)}")  # bare number = MiB in 8.5..11
+    args += _shape_args(shapes) if shapes else []
+    args += _precision_args(flavour, precision, dla_core is not None, calib_cache,
+                            strongly_typed_graph)  # fmt: skip
+    if dla_core is not None:
+        args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]  # SE gates need the GPU
+    if timing_cache:
+        args.append(f"--timingCacheFile={timing_cache}")
+    args.append("--buildOnly" if flavour == "8.5" else "--skipInference")
+    unknown = sorted({a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour])
+    if unknown:
+        raise ValueError(f"trtexec {flavour} has no {', '.join(unknown)} (bundle.py bug)")
+    return args
+
+
+def _inspect_onnx(onnx_path: Path) -> tuple[list[str], list[str]]:
+    """(external data files relative to the model, names of inputs with dynamic dims)."""
+    import onnx  # lazy: only bundles need it here
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    found: set[str] = set()
+
+    def visit(graph: Any) -> None:
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t, *attr.tensors]
+                for sub in [attr.g, *attr.graphs]:
+                    visit(sub)
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                found.update(e.value for e in tensor.external_data if e.key == "location")
+
+    visit(model.graph)
+    for location in found:
+        if Path(location).is_absolute() or ".." in Path(location).parts:
+            raise UserError(f"{onnx_path}: external data {location!r} must sit beside the model")
+    weights = {t.name for t in model.graph.initializer}
+    dynamic = [
+        value.name
+        for value in model.graph.input
+        if value.name not in weights
+        and any(d.dim_param or d.dim_value < 1 for d in value.type.tensor_type.shape.dim)
+    ]
+    return sorted(found), dynamic
+
+
+def _resolve_version(
+    target: Target, trt_version: str | None, precision: str, typed: bool
+) -> tuple[str, tuple[str, ...], str]:
+    """(version for the args, flavours build.sh accepts, label for humans)."""
+    version = trt_version or target.tensorrt
+    if version:
+        return version, (trt_flavour(version),), version
+    if precision == "fp32" or typed:  # the same arguments work on 10.x and 11
+        return "10", ("10", "11"), "10.x or 11+"
+    return "10", ("10",), "10.x (11 needs the FP16/Q/DQ graph)"
+
+
+def _cache_warning(cache: Path, flavour: str) -> str | None:
+    """A warning when the cache header names another TensorRT than the bundle builds with."""
+    from sase_deploy.calibration.trt_cache import read_cache
+
+    header = read_cache(cache).header  # UserError if it is not a calibration cache
+    try:
+        code = int(header.split("-")[1])
+    except (IndexError, ValueError):
+        return f"{cache.name}: no version in header {header!r}"
+    # NV_TENSORRT_VERSION: major*1000+minor*100+patch in 8.x, major*10000+minor*100+patch since 10.
+    if code >= 10000:
+        major, minor = code // 10000, code // 100 % 100
+    else:
+        major, minor = code // 1000, code // 100 % 10
+    found = f"{major}.{minor}"
+    if major < 10 and code >= 10000:  # TensorRT 8 itself writes e.g. TRT-8502-… for 8.5.2
+        native = major * 1000 + minor * 100 + code % 100
+        return f"{cache.name}: header {header!r} should read TRT-{native}-… for TensorRT {found}"
+    if (found if major < 10 else str(min(major, 11))) != flavour:
+        return f"{cache.name}: header {header!r} is from TensorRT {found}, not {flavour}"
+    return None
+
+
+def _fill(asset: str, **tokens: str) -> str:
+    """The packaged template `asset` with each @KEY@ replaced by tokens[KEY]."""
+    text = resources.files("sase_deploy").joinpath("assets", asset).read_text("utf-8")
+    for key, value in tokens.items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def _build_script(
+    target: Target, engine: str, args: list[str], label: str, accepts: tuple[str, ...]
+) -> str:
+    def plain(text: str) -> str:  # lands in comments and double-quoted strings
+        return re.sub(r"[^\w .,:/()+-]", "_", text)
+
+    return _fill(
+        "bundle_build.sh",
+        ENGINE=plain(engine),
+        TITLE=plain(target.title),
+        SM=target.sm,
+        LABEL=plain(label),
+        VERSION=__version__,
+        JETSON_TRTEXEC=JETSON_TRTEXEC,
+        ACCEPTED="|".join(_VERSION_GLOB[f] for f in accepts),
+        ARGS="\n".join(f"  {shlex.quote(arg)} \\" for arg in args),
+    )
+
+
+def _graph_note(args: list[str], precision: str) -> str:
+    if "--calib" in {a.split("=", 1)[0] for a in args}:
+        return "FP32 graph + calibration cache (implicit INT8; tensors without a scale stay float)"
+    if "--int8" in args:
+        return "INT8 Q/DQ graph (explicit quantization)"
+    if "--fp16" in args:
+        return "FP32 graph; --fp16 lets TensorRT run layers in FP16"
+    if precision == "fp32":
+        return "FP32 graph"
+    return f"{precision} graph, strongly typed: precision comes from its casts / Q/DQ"
+
+
+def _readme(target: Target, files: dict[str, Any], label: str, cli: str, notes: list[str]) -> str:
+    cache = files["calibration_cache"]
+    contents = [
+        f"- `{files['onnx']}`: {files['graph']}",
+        *[f"- `{name}`: external weights of the ONNX" for name in files["external_data"]],
+        *([f"- `{cache}`: INT8 calibration cache"] if cache else []),
+        "- `build.sh`: runs trtexec; `manifest.json`: contents, arguments, target facts",
+    ]
+    return _fill(
+        "bundle_README.md",
+        ENGINE=files["engine"],
+        TITLE=target.title,
+        SM=target.sm,
+        LABEL=label,
+        JETPACK=f" (JetPack {target.jetpack})" if target.jetpack else "",
+        JETSON_TRTEXEC=JETSON_TRTEXEC,
+        CLI=cli,
+        CONTENTS="\n".join(contents),
+        NOTES="\n".join(f"- {note}" for note in notes if note) or "- none",
+    )
+
+
+def _cli_line(onnx: str, target: Target, precision: str, dla_core: int | None,
+              calibration: bool, shapes: Shapes | None, workspace_mb: int) -> str:  # fmt: skip
+    """The `sase-deploy build` call that makes the same engine on the device."""
+    parts = ["sase-deploy", "build", onnx, "--target", target.name, "--precision", precision]
+    parts += ["--backend", "tensorrt", "--workspace", str(workspace_mb)]
+    parts += ["--dla-core", str(dla_core)] if dla_core is not None else []
+    parts += ["--calibration", "."] if calibration else []
+    if shapes:  # build takes one dynamic batch range for every input
+        low, opt, high = next(iter(shapes.values()))
+        parts += ["--batch", f"{low[0]}:{opt[0]}:{high[0]}"]
+    return shlex.join([*parts, "-o", "engines"])
+
+
+def _warnings(dynamic: list[str], shapes: Shapes | None, dla_core: int | None) -> list[str]:
+    found = [
+        f"input {name!r} is dynamic but has no shapes: trtexec uses 1 for its free dims"
+        for name in dynamic
+        if name not in (shapes or {})
+    ]
+    if dla_core is not None and any(d[0] != d[2] for d in (shapes or {}).values()):
+        found.append("DLA wants static shapes (min = max): dynamic layers may run on the GPU")
+    return found
+
+
+def write_bundle(
+    out_dir: Path,
+    target: Target,
+    onnx_path: Path,
+    precision: str,
+    *,
+    calib_cache: Path | None = None,
+    shapes: Shapes | None = None,
+    workspace_mb: int | None = None,
+    dla_core: int | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    trt_version: str | None = None,
+    strongly_typed_graph: bool = False,
+) -> dict[str, Any]:
+    """Write a bundle that builds the engine on the device, every file atomically.
+
+    Args:
+        out_dir: bundle folder (created; files of the same names are replaced).
+        target: the device; its `tensorrt` picks the trtexec options (None: 10.x, or 10.x and
+            11 alike when the graph is FP32 or typed).
+        onnx_path: the ONNX to ship, chosen for the precision (see the module docstring).
+        precision: "fp32", "fp16" or "int8".
+        calib_cache: calibration cache for implicit INT8 from the FP32 graph (TensorRT 8.5-10.x);
+            not shipped (with a warning) when the graph is typed: Q/DQ carry their own scales.
+        shapes: input name -> (min, opt, max) dims for dynamic inputs, or None.
+        workspace_mb: builder workspace in MiB; None for the target's default.
+        dla_core: DLA core to build for, or None for the GPU.
+        manifest: the ONNX's own facts (e.g. the build manifest), kept under "source".
+        trt_version: override the target's TensorRT version, e.g. "10.7".
+        strongly_typed_graph: the ONNX carries its precision (FP16 casts or INT8 Q/DQ).
+
+    Returns:
+        What was written: file names relative to out_dir, the trtexec args, warnings.
+
+    Raises:
+        UserError: missing inputs or a request the target or its TensorRT cannot build.
+    """
+    check_request(target, precision, dla_core)
+    onnx_path, cache_path = Path(onnx_path), Path(calib_cache) if calib_cache else None
+    for path in (onnx_path, cache_path):
+        if path is not None and not path.is_file():
+            raise UserError(f"{path}: no such file")
+    warnings = []
+    if cache_path and strongly_typed_graph:
+        warnings.append(f"{cache_path.name} not shipped: the typed graph carries its own scales")
+        cache_path = None
+    version, accepts, label = _resolve_version(target, trt_version, precision, strongly_typed_graph)
+    workspace = workspace_mb or target.default_workspace_mb
+    engine = f"{onnx_path.stem}.{target.name}.{precision}.engine"
+    cache = cache_path.name if cache_path else None
+    args = trtexec_args(version, onnx_path.name, engine, precision, shapes, workspace, dla_core,
+                        cache, TIMING_CACHE, strongly_typed_graph)  # fmt: skip
+    for flavour in accepts[1:]:  # a 10-and-11 bundle must suit both option sets
+        if unknown := {a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour]:
+            raise ValueError(f"trtexec {flavour} has no {sorted(unknown)} (bundle.py bug)")
+    external, dynamic = _inspect_onnx(onnx_path)
+    warnings += _warnings(dynamic, shapes, dla_core)
+    if cache_path and (note := _cache_warning(cache_path, accepts[0])):
+        warnings.append(note)
+    files = {"onnx": onnx_path.name, "external_data": external, "calibration_cache": cache,
+             "engine": engine, "graph": _graph_note(args, precision)}  # fmt: skip
+    cli = _cli_line(onnx_path.name, target, precision, dla_core, bool(cache), shapes, workspace)
+    sources = {name: onnx_path.parent / name for name in [onnx_path.name, *external]}
+    sources.update({cache: cache_path} if cache and cache_path else {})
+    texts = {
+        "build.sh": _build_script(target, engine, args, label, accepts),
+        "README.md": _readme(target, files, label, cli, [*warnings, target.notes]),
+    }
+    record = {
+        "format": "sase-deploy.bundle/1",
+        "sase_deploy": __version__,
+        "target": target.to_dict(),
+        "tensorrt": {"version": label, "accepts": [_VERSION_GLOB[f] for f in accepts]},
+        "precision": precision,
+        "strongly_typed_graph": strongly_typed_graph,
+        "files": files,
+        "trtexec_args": args,
+        "sase_deploy_command": cli,
+        "warnings": warnings,
+        "source": json.loads(json.dumps(dict(manifest or {}), default=str)),  # Paths -> str
+    }
+    written = _write(Path(out_dir), sources, texts, record)
+    return {"out_dir": str(out_dir), "files": written, **files, "build_script": "build.sh",
+            "manifest": "manifest.json", "readme": "README.md", "tensorrt": label,
+            "trtexec_args": args, "warnings": warnings}  # fmt: skip
+
+
+def _write(
+    out_dir: Path, sources: dict[str, Path], texts: dict[str, str], record: dict[str, Any]
+) -> list[str]:
+    """Copy `sources`, write `texts` and the manifest (with checksums) into out_dir, atomically."""
+    for name, src in sources.items():
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
+    for name, text in texts.items():
+        write_text_atomic(out_dir / name, text)
+    script = out_dir / "build.sh"
+    script.chmod(script.stat().st_mode | 0o111)  # after the rename: atomic_path resets modes
+    shipped = [*sources, *texts]
+    record["sha256"] = {name: sha256_file(out_dir / name) for name in shipped}
+    write_json_atomic(out_dir / "manifest.json", record)
+    return [*shipped, "manifest.json"]

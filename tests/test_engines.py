@@ -1,0 +1,213 @@
+"""`sase-deploy build`: real TensorRT-RTX engines on this CPU, cache, bundles, errors, runners."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sase_deploy.engines.build import BuildRequest, build, graph_precision, plan_backend
+from sase_deploy.engines.flavours import find_flavour
+from sase_deploy.engines.targets import get_target
+from sase_deploy.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "digits"
+RTX = find_flavour("tensorrt-rtx")
+needs_rtx = pytest.mark.skipif(not RTX.installed, reason=f"TensorRT-RTX: {RTX.reason}")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sase_deploy.cli", *args], capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both trained digits models, fused, dynamic batch, and 256 calibration samples."""
+    from sase_deploy.export import export_model
+    from sase_deploy.models.digits_data import load_digits_split
+
+    folder = tmp_path_factory.mktemp("digits")
+    paths = {}
+    for name in ("se_resnet_digits", "sase_resnet_digits"):
+        out = folder / f"{name}.onnx"
+        export_model(name, out, checkpoint=EXAMPLES / f"{name}.pt", dynamic_batch=True)
+        paths[name] = out
+    split = load_digits_split()
+    np.savez(folder / "calib.npz", x=split.x_train[:256], y=split.y_train[:256])
+    paths["data"] = folder / "calib.npz"
+    return paths
+
+
+@needs_rtx
+@pytest.mark.parametrize("model", ["se_resnet_digits", "sase_resnet_digits"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_rtx_engine_builds_on_cpu(
+    digits: dict[str, Path], tmp_path: Path, model: str, precision: str
+) -> None:
+    request = BuildRequest(
+        digits[model], "l4", tmp_path, precision=precision, data=str(digits["data"]), samples=64
+    )
+    result = build(request)
+    assert result.backend == "tensorrt-rtx" and not result.cached
+    assert result.artifact.stat().st_size == result.manifest["engine_bytes"] > 10_000
+    types, dtypes = result.manifest["layer_types"], result.manifest["tensor_dtypes"]
+    assert types["CONVOLUTION"] >= 10
+    built = onnx.load(result.manifest["built_onnx"]["path"], load_external_data=False)
+    assert graph_precision(built) == precision
+    if precision == "int8":
+        assert types["QUANTIZE"] > 0 and types["DEQUANTIZE"] > 0 and dtypes["INT8"] > 0
+    elif precision == "fp16":
+        assert dtypes["HALF"] > 0 and "QUANTIZE" not in types
+    else:
+        assert set(dtypes) <= {"FLOAT", "INT64", "INT32", "BOOL"}
+    ((low, _, high),) = result.manifest["profile"].values()
+    assert low[0] == 1 and high[0] == 8
+
+
+@needs_rtx
+def test_identical_build_is_a_cache_hit_and_a_change_rebuilds(
+    digits: dict[str, Path], tmp_path: Path
+) -> None:
+    request = BuildRequest(digits["se_resnet_digits"], "rtx4090", tmp_path, precision="fp16")
+    first = build(request)
+    again = build(request)
+    assert again.cached and again.artifact == first.artifact
+    assert again.manifest["cache_key"] == first.manifest["cache_key"]
+    other = build(BuildRequest(digits["se_resnet_digits"], "rtx4090", tmp_path, "fp16",
+                               batch=(1, 4, 16)))  # fmt: skip
+    assert not other.cached and other.manifest["cache_key"] != first.manifest["cache_key"]
+    first.artifact.write_bytes(b"truncated")  # a damaged engine is rebuilt, never reused
+    assert not build(BuildRequest(digits["se_resnet_digits"], "rtx4090", tmp_path, "fp16",
+                                  batch=(1, 4, 16))).cached  # fmt: skip
+
+
+@needs_rtx
+def test_cli_build_json_then_cached(digits: dict[str, Path], tmp_path: Path) -> None:
+    args = ["build", str(digits["se_resnet_digits"]), "--target", "a100", "-o", str(tmp_path)]
+    first = _cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["command"] == "build" and summary["backend"] == "tensorrt-rtx"
+    assert Path(summary["artifact"]).is_file() and summary["cached"] is False
+    second = json.loads(_cli(*args, "--json").stdout)
+    assert second["cached"] is True
+
+
+def test_bundles_for_jetson(digits: dict[str, Path], tmp_path: Path) -> None:
+    orin = build(BuildRequest(digits["se_resnet_digits"], "orin-nano", tmp_path, "int8",
+                              data=str(digits["data"]), samples=64))  # fmt: skip
+    assert orin.backend == "bundle"
+    script = (orin.artifact / "build.sh").read_text()
+    assert "--int8" in script and "--calib=" in script and "--memPoolSize=workspace:" in script
+    assert "--workspace=" not in script and "--explicitBatch" not in script
+    xavier = build(BuildRequest(digits["se_resnet_digits"], "xavier-nx", tmp_path, "fp16"))
+    script = (xavier.artifact / "build.sh").read_text()
+    assert "--fp16" in script and "--stronglyTyped" not in script
+    assert subprocess.run(["bash", "-n", str(xavier.artifact / "build.sh")]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "nope"], "unknown target 'nope'; choose one of:"),
+        (["--target", "h100", "--dla-core", "0"], "h100 has no DLA"),
+        (["--target", "orin-nano", "--precision", "int8"], "INT8 needs calibration ranges"),
+        (["--target", "l4", "--batch", "8:1:2"], "--batch '8:1:2'"),
+        (["--target", "h100", "--backend", "tensorrt-rtx"], "cannot build h100 with TensorRT-RTX"),
+    ],
+)
+def test_impossible_requests_exit_2(
+    digits: dict[str, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = _cli("build", str(digits["se_resnet_digits"]), "-o", str(tmp_path / "out"), *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert not any(p.suffix == ".engine" for p in tmp_path.rglob("*"))
+
+
+@needs_rtx
+def test_parser_rejection_names_the_node(tmp_path: Path) -> None:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("NotAnOp", ["x"], ["y"], name="mystery_0", domain="acme")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("acme", 1)]
+    )
+    onnx.save(model, tmp_path / "odd.onnx")
+    done = _cli("build", str(tmp_path / "odd.onnx"), "--target", "l4", "-o", str(tmp_path / "o"))
+    assert done.returncode == 2
+    assert "mystery_0" in done.stderr and "NotAnOp" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "o").rglob("*.engine"))
+
+
+def test_plan_backend_never_uses_rtx_for_jetson_or_sm90() -> None:
+    assert plan_backend(get_target("orin-agx"), "auto", None)[0] == "bundle"
+    assert plan_backend(get_target("h100"), "auto", None)[0] == "bundle"
+    with pytest.raises(UserError, match="TensorRT"):
+        plan_backend(get_target("orin-agx"), "tensorrt-rtx", None)
+
+
+def test_targets_and_doctor_json() -> None:
+    targets = json.loads(_cli("targets", "--json").stdout)
+    names = {t["name"] for t in targets["targets"]}
+    assert {"h100", "a100", "l4", "t4", "rtx4090", "rtx5090", "orin-nano", "xavier-nx"} <= names
+    doctor = _cli("doctor", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    facts = json.loads(doctor.stdout)
+    assert facts["flavours"]["tensorrt-rtx"]["installed"] == RTX.installed
+    assert set(facts["targets"]) == names
+    if facts["gpu"] is None:
+        assert any(item["what"] == "GPU" for item in facts["missing"])
+
+
+def _gpu_reason() -> str | None:
+    from sase_deploy.engines.targets import local_target
+
+    return None if local_target() is not None else "no NVIDIA GPU on this machine"
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(
+    _gpu_reason() is not None or not RTX.installed,
+    reason=f"running an engine needs a GPU: {_gpu_reason()}; TensorRT-RTX: {RTX.reason or 'ok'}",
+)
+def test_rtx_engine_runs_and_matches_onnx(digits: dict[str, Path], tmp_path: Path) -> None:
+    from sase_deploy.engines.ort import run_onnx
+    from sase_deploy.engines.tensorrt import TrtRunner
+    from sase_deploy.report.compare import compare_outputs, worst_relative
+
+    local = get_target("local")
+    result = build(BuildRequest(digits["se_resnet_digits"], "local", tmp_path, "fp32",
+                                backend="tensorrt-rtx"))  # fmt: skip
+    feed = {"x": np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)}
+    with TrtRunner(result.artifact, RTX) as runner:
+        got = runner.infer(feed)
+    assert local.compute_capability in RTX.compute_capabilities
+    assert worst_relative(compare_outputs(run_onnx(digits["se_resnet_digits"], feed), got)) < 1e-3
+
+
+@pytest.mark.cuda
+def test_ort_cuda_runner_uses_the_gpu(digits: dict[str, Path]) -> None:
+    from sase_deploy.engines.doctor import cuda_runs_here
+    from sase_deploy.engines.ort import OrtCudaRunner, run_onnx
+
+    ok, why = cuda_runs_here()
+    if not ok:
+        pytest.skip(why)
+    feed = {"x": np.zeros((2, 1, 8, 8), np.float32)}
+    with OrtCudaRunner(digits["se_resnet_digits"]) as runner:
+        got = runner.infer(feed)
+    want = run_onnx(digits["se_resnet_digits"], feed)
+    assert np.allclose(got["logits"], want["logits"], atol=1e-3)
