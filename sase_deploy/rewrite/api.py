@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from sase_deploy._io import atomic_path, write_json_atomic
+from sase_deploy._io import atomic_path, check_writable, write_json_atomic
 from sase_deploy.errors import UserError
 from sase_deploy.rewrite.passes import fuse_model
 from sase_deploy.rewrite.rule import RewriteRule
@@ -62,6 +62,8 @@ def fuse_file(
     if out.suffix != ".onnx":
         raise UserError(f"output must end in .onnx, got '{out}'")
     model = load_onnx(input_path)
+    # both destinations before the work: a bad --report must not leave the fused file behind
+    check_writable(out, *([report_path] if report_path is not None else []))
     result = fuse_model(
         model,
         rules=rules,
