@@ -73,13 +73,20 @@ class EngineBuild:
 
 @contextlib.contextmanager
 def _captured_log(lines: list[str]) -> Iterator[None]:
-    """Polygraphy prints its (and TensorRT's) log to stdout: keep it for the manifest instead."""
+    """Polygraphy prints its (and TensorRT's) log to stdout and stderr: keep it for the
+    manifest (and the error message) instead."""
     buffer = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buffer):
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             yield
     finally:
         lines.extend(line for line in buffer.getvalue().splitlines() if line.strip())
+
+
+def _first_error(log: list[str], exc: Exception) -> str:
+    """The builder's first error line (TensorRT says why; Polygraphy only that it failed)."""
+    errors = [line.split("]", 1)[-1].strip() for line in log if line.startswith("[E]")]
+    return " ".join((errors[0] if errors else str(exc)).split())
 
 
 def _short(kind: Any) -> str:
@@ -155,21 +162,22 @@ def build_engine(onnx_path: Path, flavour: Flavour, options: BuildOptions) -> En
     """Parse `onnx_path` and build a serialized engine with `flavour` (see `BuildOptions`)."""
     ptrt = polygraphy_trt(flavour)
     log: list[str] = []
-    with _captured_log(log):
-        builder, network, parser = parse_onnx(onnx_path, flavour, options.strongly_typed)
-        layers = layer_table(network)
-        config = _config(flavour, options)
-        timing = os.fspath(options.timing_cache) if options.timing_cache else None
-        loader = ptrt.EngineBytesFromNetwork((builder, network, parser), config, timing)
-        start = time.perf_counter()
-        try:
+    try:
+        with _captured_log(log):
+            builder, network, parser = parse_onnx(onnx_path, flavour, options.strongly_typed)
+            layers = layer_table(network)
+            config = _config(flavour, options)
+            timing = os.fspath(options.timing_cache) if options.timing_cache else None
+            loader = ptrt.EngineBytesFromNetwork((builder, network, parser), config, timing)
+            start = time.perf_counter()
             engine = loader()
-        except Exception as exc:  # Polygraphy raises PolygraphyException on a failed build
-            raise UserError(
-                f"{flavour.name} failed to build {onnx_path.name}: {' '.join(str(exc).split())}"
-                f"; see the builder log above"
-            ) from exc
-        seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start
+    except UserError:
+        raise
+    except Exception as exc:  # Polygraphy raises PolygraphyException on a failed build
+        raise UserError(
+            f"{flavour.name} failed to build {onnx_path.name}: {_first_error(log, exc)}"
+        ) from exc
     return EngineBuild(bytes(engine), seconds, layers, log)
 
 
