@@ -211,3 +211,13 @@ def test_ort_cuda_runner_uses_the_gpu(digits: dict[str, Path]) -> None:
         got = runner.infer(feed)
     want = run_onnx(digits["se_resnet_digits"], feed)
     assert np.allclose(got["logits"], want["logits"], atol=1e-3)
+
+
+@needs_rtx
+def test_builder_rejection_says_why(digits: dict[str, Path], tmp_path: Path) -> None:
+    """TensorRT-RTX cannot compile FP32 GEMM for Turing: exit 2 with the builder's reason."""
+    done = _cli("build", str(digits["se_resnet_digits"]), "--target", "t4", "-o", str(tmp_path))
+    assert done.returncode == 2
+    assert "FP32 GEMM is not supported" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.engine"))
