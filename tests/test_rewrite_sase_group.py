@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import onnx
@@ -440,3 +441,53 @@ def test_official_stacked_form_declines_near_misses(variant: str, cout: int, rea
     declines = [r for r in results if isinstance(r, Decline)]
     assert len(declines) == 1 and reason in declines[0].reason, declines
     assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten
+
+
+def _build_with_tensorrt_rtx(trt: Any, model: onnx.ModelProto) -> None:
+    """Parse `model` and build an engine for one compute capability (no GPU needed), with a
+    1..4 profile on every input's dynamic batch dim."""
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        pytest.fail(f"TensorRT-RTX rejects the graph: {parser.get_error(0).desc()}")
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        batch, *rest = tuple(tensor.shape)
+        assert batch == -1, f"{tensor.name} has a static batch"
+        profile.set_shape(tensor.name, (1, *rest), (2, *rest), (4, *rest))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
+
+
+@pytest.mark.parametrize(
+    ("side", "target"),
+    [(8, "scales"), (7, "sizes")],  # 8 -> 4 is an exact scale; 7 -> 4 is not
+    ids=["8to4-scales", "7to4-shape-sizes"],
+)
+def test_fused_dynamic_batch_graph_builds_with_tensorrt_rtx(side: int, target: str) -> None:
+    """TensorRT's ONNX parser failed on the fused Resize (constant sizes + axes) under a
+    dynamic batch: 'axis 0 with inherently negative length'."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from sase_deploy.models.sase import SASEConv2d
+
+    torch.manual_seed(10)
+    block = _zoo_block(SASEConv2d(32, 32, stride=2, reduction=4))  # digits' 2nd stage, 4x4 out
+    model = _export(block, (torch.randn(2, 32, side, side),), False)  # dynamic batch
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
+    onnx.checker.check_model(fused, full_check=True)
+    (resize,) = [n for n in fused.graph.node if n.op_type == "Resize"]
+    assert "axes" not in {a.name for a in resize.attribute}
+    produced = {o: n.op_type for n in fused.graph.node for o in n.output}
+    if target == "scales":
+        assert len(resize.input) == 3 and resize.input[2]
+    else:
+        assert produced[resize.input[3]] == "Concat"
+    _assert_equal_outputs(model, fused, batch=3)
+    _build_with_tensorrt_rtx(trt, fused)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -691,14 +692,10 @@ class SaseGroupFusion(RewriteRule):
             return "the source map has no static spatial size (needed to flatten the masks)"
         resize = masks[0].resize
         if resize is not None:
-            scales = const_value(resize.inputs[2]) if len(resize.inputs) > 2 else None
-            if scales is not None and scales.size == 4:
-                if float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
-                    return "the mask Resize scales the batch or channel axis"
-            elif _resize_spatial_sizes(resize) is None:
-                return "the mask Resize target size cannot be read statically"
-            elif int(graph.opset or 0) < 18:
-                return "resizing to explicit sizes on two axes needs opset >= 18"
+            mask_hw = _mask_size(source, masks[0].layers)
+            problem = _resize_problem(int(graph.opset or 0), resize, mask_hw)
+            if problem is not None:
+                return problem
         if match.captures["eps"] <= 0.0:
             return f"eps = {match.captures['eps']} is not positive"
         return None
@@ -747,7 +744,7 @@ class SaseGroupFusion(RewriteRule):
             _reshape(graph, f"{prefix}/style_4d", style, [0, out_channels, h, w], output=final)
         else:
             style = _reshape(graph, f"{prefix}/style_4d", style, [0, out_channels, h, w])
-            _resize_like(graph, f"{prefix}/resize", style, resize, output=final)
+            _resize_like(graph, f"{prefix}/resize", style, resize, (h, w), output=final)
 
 
 def _grouped_chain(
@@ -778,23 +775,88 @@ def _reshape(
     return make_node(graph, "Reshape", name, [x, target], output=output)
 
 
-def _resize_like(
-    graph: gs.Graph, name: str, x: gs.Tensor, like: gs.Node, output: gs.Variable
-) -> gs.Variable:
-    """A Resize with `like`'s attributes and spatial target, for any channel count."""
-    attrs = dict(like.attrs)
-    empty = gs.Variable.empty()
+def _resize_scales(like: gs.Node, mask_hw: tuple[int, int]) -> np.ndarray | None:
+    """Constant full-rank scales that resize the (h, w) mask exactly as `like` does, if any.
+
+    `like`'s own constant scales are kept (spread over all four axes when it has `axes`). A
+    `sizes` target becomes scales only when H/h and W/w are exact in float32: then
+    floor(h * scale) is H and every nearest source pixel is the one `sizes` picks.
+    """
     scales = const_value(like.inputs[2]) if len(like.inputs) > 2 else None
-    if scales is not None and scales.size == 4:
-        scales_c = make_constant(graph, f"{name}_scales", scales.astype(np.float32))
-        return make_node(graph, "Resize", name, [x, empty, scales_c], attrs=attrs, output=output)
+    if scales is not None and scales.size > 0:
+        axes = [a % 4 for a in attr_ints(like, "axes", range(4))]
+        if len(axes) != scales.size:
+            return None
+        full = np.ones(4, dtype=np.float32)
+        full[axes] = scales.astype(np.float32).reshape(-1)
+        return full
+    sizes = _resize_spatial_sizes(like)
+    if sizes is None:
+        return None
+    ratios = [Fraction(target, source) for target, source in zip(sizes, mask_hw, strict=True)]
+    if any(Fraction(float(np.float32(r))) != r for r in ratios):
+        return None
+    return np.array([1.0, 1.0, *(float(r) for r in ratios)], dtype=np.float32)
+
+
+def _resize_problem(opset: int, like: gs.Node, mask_hw: tuple[int, int]) -> str | None:
+    """Why the fused style cannot be resized the way `like` resizes each mask, or None."""
+    if opset < 11:
+        return "the mask Resize predates opset 11 (no scales/sizes inputs)"
+    policy = like.attrs.get("keep_aspect_ratio_policy", "stretch")
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if policy != "stretch":
+        return f"the mask Resize keeps the aspect ratio ('{policy}'): its output size is not sizes"
+    scales = _resize_scales(like, mask_hw)
+    if scales is not None:
+        if float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
+            return "the mask Resize scales the batch or channel axis"
+        return None
+    if _resize_spatial_sizes(like) is None:
+        return "the mask Resize target size cannot be read statically"
+    if opset < 15:
+        return "resizing to sizes built from the input's Shape (start/end) needs opset >= 15"
+    return None
+
+
+def _resize_like(
+    graph: gs.Graph,
+    name: str,
+    x: gs.Tensor,
+    like: gs.Node,
+    mask_hw: tuple[int, int],
+    output: gs.Variable,
+) -> gs.Variable:
+    """A Resize with `like`'s attributes and spatial target, for any channel count.
+
+    Always full rank, never `axes`: TensorRT's ONNX parser fills constant `sizes` with `axes`
+    from the input's build-time dims, so a dynamic batch became a -1 output dim ("inherently
+    negative length"). Constant scales when exact (one node), else sizes = Shape(x)[N, C] ++ H, W.
+    """
+    attrs = {k: v for k, v in like.attrs.items() if k != "axes"}
+    scales = _resize_scales(like, mask_hw)
+    if scales is not None:
+        scales_c = make_constant(graph, f"{name}_scales", scales)
+        return make_node(
+            graph, "Resize", name, [x, gs.Variable.empty(), scales_c], attrs=attrs, output=output
+        )
     sizes = _resize_spatial_sizes(like)
     assert sizes is not None  # check() guarantees it
-    attrs["axes"] = [2, 3]
-    sizes_c = make_constant(graph, f"{name}_sizes", np.array(sizes, dtype=np.int64))
-    return make_node(
-        graph, "Resize", name, [x, empty, gs.Variable.empty(), sizes_c], attrs=attrs, output=output
+    batch_channels = make_node(
+        graph, "Shape", f"{name}_nc", [x], attrs={"start": 0, "end": 2}, dtype=np.int64, shape=[2]
     )
+    spatial = make_constant(graph, f"{name}_hw", np.array(sizes, dtype=np.int64))
+    target = make_node(
+        graph,
+        "Concat",
+        f"{name}_sizes",
+        [batch_channels, spatial],
+        attrs={"axis": 0},
+        dtype=np.int64,
+        shape=[4],
+    )
+    empty = [gs.Variable.empty(), gs.Variable.empty()]
+    return make_node(graph, "Resize", name, [x, *empty, target], attrs=attrs, output=output)
 
 
 def _mask_size(xs: gs.Tensor, layers: list[_Layer]) -> tuple[int, int]:
