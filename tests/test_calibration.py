@@ -362,3 +362,26 @@ def test_cli_help_lists_the_options(run_cli) -> None:  # type: ignore[no-untyped
     )
     convert = run_cli("convert", "--help")
     assert convert.code == 0 and "--precision" in convert.stdout
+
+
+def test_histogram_of_a_saturated_tensor_does_not_crash() -> None:
+    """A tensor whose magnitudes are all ~1.0 (saturated sigmoid) broke ORT's histogram."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from sase_deploy.calibration.ranges import histogram_safe
+
+    def collector() -> HistogramCollector:
+        return HistogramCollector(
+            method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=128,
+            percentile=99.99, scenario="same",
+        )  # fmt: skip
+
+    flat = (1 + np.arange(100) * 1e-8).astype(np.float32)
+    with pytest.raises(ValueError, match="Too many bins"):
+        collector().collect({"t": flat})
+    fixed = collector()
+    fixed.collect({"t": histogram_safe(flat)})
+    amax = fixed.compute_collection_result()["t"][1]
+    assert 0.99 < float(amax) <= 1.0 + 1e-6
+    wide = np.linspace(-3, 3, 50, dtype=np.float32)
+    assert histogram_safe(wide) is wide

@@ -177,6 +177,20 @@ def _fused_pre_activations(model: onnx.ModelProto) -> set[str]:
     }
 
 
+def histogram_safe(sample: np.ndarray) -> np.ndarray:
+    """`sample` with a 0 appended when its magnitudes are nearly all equal (e.g. a saturated
+    sigmoid mask at ~1.0): ORT's collector bins [min|x|, max|x|] and numpy cannot cut so narrow
+    a range into 2048 float32 bins ("Too many bins for data range"). Symmetric INT8 ranges start
+    at 0 anyway, so the extra zero only widens the histogram to where quantization begins."""
+    if not sample.size:
+        return sample
+    magnitude = np.abs(sample)
+    low, high = float(magnitude.min()), float(magnitude.max())
+    if high > 0 and high - low < high * 2.0**-10:
+        return np.append(sample.reshape(-1), np.zeros(1, sample.dtype))
+    return sample
+
+
 def collect_ranges(
     model: onnx.ModelProto,
     source: CalibrationSource,
@@ -227,7 +241,9 @@ def collect_ranges(
         for feed in source.batches(batch_size):
             values = dict(zip(wanted, session.run(wanted, feed), strict=True))
             if histogram:
-                collector.collect({t: values[f"calib{i}_sample"] for i, t in enumerate(tensors)})
+                collector.collect(
+                    {t: histogram_safe(values[f"calib{i}_sample"]) for i, t in enumerate(tensors)}
+                )
             else:
                 mins = np.array([values[f"calib{i}_min"] for i in range(len(tensors))], np.float64)
                 maxs = np.array([values[f"calib{i}_max"] for i in range(len(tensors))], np.float64)
