@@ -221,3 +221,23 @@ def test_builder_rejection_says_why(digits: dict[str, Path], tmp_path: Path) -> 
     assert "FP32 GEMM is not supported" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.engine"))
+
+
+@needs_rtx
+@pytest.mark.parametrize("model", ["se_resnet_digits", "sase_resnet_digits"])
+@pytest.mark.parametrize(("fuse", "dynamic"), [(False, False), (False, True), (True, False)])
+def test_every_export_variant_builds(
+    digits: dict[str, Path], tmp_path: Path, model: str, fuse: bool, dynamic: bool
+) -> None:
+    """Unfused and static exports too (the fused dynamic ones are built above), FP32 and INT8
+    (a static export calibrates at its own batch)."""
+    from sase_deploy.export import export_model
+
+    onnx_path = tmp_path / f"{model}.onnx"
+    export_model(model, onnx_path, checkpoint=EXAMPLES / f"{model}.pt", fuse=fuse,
+                 dynamic_batch=dynamic)  # fmt: skip
+    for precision in ("fp32", "int8"):
+        result = build(BuildRequest(onnx_path, "l4", tmp_path / "e", precision,
+                                    data=str(digits["data"]), samples=32))  # fmt: skip
+        assert result.manifest["layers"] > 20
+        assert (result.manifest["profile"] is not None) == dynamic
