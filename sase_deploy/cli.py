@@ -22,20 +22,33 @@ from sase_deploy.commands.targets import doctor_command, targets_command
 from sase_deploy.errors import ParityError, UserError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class FlowOrderGroup(click.Group):
+    """Lists commands in the order of the flow (as added below), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(
+    cls=FlowOrderGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="sase-deploy")
 def cli() -> None:
     """Deploy squeeze-excitation models: export -> fuse -> calibrate -> build -> report."""
 
 
-cli.add_command(models_command)
-cli.add_command(export_command)
-cli.add_command(calibrate_command)
-cli.add_command(convert_command)
-cli.add_command(fuse_command)
-cli.add_command(build_command)
-cli.add_command(targets_command)
-cli.add_command(doctor_command)
+for command in (
+    models_command,
+    export_command,
+    fuse_command,
+    calibrate_command,
+    convert_command,
+    build_command,
+    targets_command,
+    doctor_command,
+):
+    cli.add_command(command)
 
 
 def _one_line(message: str) -> str:
