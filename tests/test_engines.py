@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -241,3 +242,19 @@ def test_every_export_variant_builds(
                                     data=str(digits["data"]), samples=32))  # fmt: skip
         assert result.manifest["layers"] > 20
         assert (result.manifest["profile"] is not None) == dynamic
+
+
+@needs_rtx
+def test_concurrent_builds_of_one_artifact(digits: dict[str, Path], tmp_path: Path) -> None:
+    """Two processes asking for the same engine at once: one builds, the other waits on the
+    lock and finds it cached; the engine and manifest are whole."""
+    args = [sys.executable, "-m", "sase_deploy.cli", "build", str(digits["sase_resnet_digits"]),
+            "--target", "l4", "--precision", "fp16", "-o", str(tmp_path), "--json"]  # fmt: skip
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate()[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(r["cached"] for r in results) == [False, True]
+    manifest = json.loads(Path(results[0]["manifest"]).read_text())
+    engine = Path(results[0]["artifact"])
+    assert hashlib.sha256(engine.read_bytes()).hexdigest() == manifest["artifact_sha256"]
+    assert not [p for p in tmp_path.rglob("*.tmp")]
