@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sase_deploy.console import emit_json, progress
-from sase_deploy.engines.build import BACKENDS, PRECISIONS
+from sase_deploy.engines.plan import BACKENDS, PRECISIONS
 from sase_deploy.errors import UserError
 
 

@@ -1,12 +1,25 @@
 """One runner interface (activate / infer / deactivate) for PyTorch, ONNX Runtime and TensorRT,
 and the build stage: TensorRT flavours, targets, engines, bundles (`sase_deploy.engines.build`).
 
-TensorRT is imported lazily: `sase_deploy.engines.tensorrt.TrtRunner` needs it, this package
-does not.
+The runners are imported on first use (`from sase_deploy.engines import TorchRunner`), so the
+CLI can read this package's constants without loading torch, ONNX Runtime or TensorRT.
 """
 
-from sase_deploy.engines.base import Runner
-from sase_deploy.engines.ort import OrtCudaRunner, OrtRunner
-from sase_deploy.engines.torch_runner import TorchRunner
+from __future__ import annotations
 
-__all__ = ["OrtCudaRunner", "OrtRunner", "Runner", "TorchRunner"]
+import importlib
+from typing import Any
+
+_RUNNERS = {
+    "Runner": "sase_deploy.engines.base",
+    "OrtRunner": "sase_deploy.engines.ort",
+    "OrtCudaRunner": "sase_deploy.engines.ort",
+    "TorchRunner": "sase_deploy.engines.torch_runner",
+}
+__all__ = sorted(_RUNNERS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNNERS:
+        return getattr(importlib.import_module(_RUNNERS[name]), name)
+    raise AttributeError(f"module 'sase_deploy.engines' has no attribute {name!r}")

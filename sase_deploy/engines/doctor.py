@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sase_deploy.engines.flavours import find_flavours
+from sase_deploy.engines.plan import plan_backend
 from sase_deploy.engines.targets import Target, load_targets, local_target
 
 ORT_GPU_HINT = "pip install onnxruntime-gpu (CUDA 12/13 build matching the driver)"
@@ -19,20 +20,19 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def cuda_runs_here() -> tuple[bool, str]:
-    """Whether ORT's CUDA provider is installed *and* a GPU answers (ORT silently falls back)."""
+def cuda_runs_here(gpu: Target | None = None) -> tuple[bool, str]:
+    """Whether ORT's CUDA provider is installed *and* a GPU answers (ORT silently falls back).
+    `gpu`: this machine's GPU when the caller already looked it up."""
     if "CUDAExecutionProvider" not in ort_providers():
         return False, "ONNX Runtime has no CUDA provider"
-    if local_target() is None:
+    if (gpu or local_target()) is None:
         return False, "no NVIDIA GPU found (nvidia-smi missing or silent)"
     return True, ""
 
 
 def how_built(target: Target, gpu: Target | None) -> str:
     """How this machine produces `target`'s engine (what `build --backend auto` does)."""
-    from sase_deploy.engines.build import plan_backend
-
-    backend, flavour = plan_backend(target, "auto", None)
+    backend, flavour = plan_backend(target, "auto", None, local_gpu=lambda: gpu)
     if backend == "tensorrt-rtx" and flavour is not None:
         return f"tensorrt-rtx {flavour.version} AOT ({target.sm}, no GPU needed)"
     if backend == "tensorrt" and flavour is not None:
@@ -46,7 +46,7 @@ def diagnose() -> dict[str, Any]:
     flavours = find_flavours()
     gpu = local_target()
     providers = ort_providers()
-    cuda_ok, cuda_why = cuda_runs_here()
+    cuda_ok, cuda_why = cuda_runs_here(gpu)
     jetson = JETSON_RELEASE.read_text().split(",")[0].strip() if JETSON_RELEASE.is_file() else None
     missing: list[dict[str, str]] = []
     for flavour in flavours.values():
