@@ -47,7 +47,7 @@ TRT_10_3 = _BUILD_COMMON | {
 TRT_11 = _BUILD_COMMON | {"--skipInference", "--stronglyTyped", "--builderOptimizationLevel"}
 
 NAMES = {
-    "h100", "a100", "l4", "t4", "rtx4090", "rtx5090",
+    "h100", "a100", "l4", "t4", "rtx", "rtx4090", "rtx5090",
     "orin-agx", "orin-nx", "orin-nano", "xavier-nx",
 }  # fmt: skip
 

@@ -370,7 +370,7 @@ def _produce(
 
     assert flavour is not None
     options = BuildOptions(
-        compute_capability=target.compute_capability if backend == "tensorrt-rtx" else None,
+        compute_capabilities=target.compute_capabilities if backend == "tensorrt-rtx" else (),
         profile=profile,
         workspace_mb=manifest["workspace_mb"],
         timing_cache=request.timing_cache,

@@ -54,6 +54,8 @@ def _tensorrt_can_build(target: Target, local_gpu: Callable[[], Target | None]) 
     flavour = find_flavour("tensorrt")
     if not flavour.installed:
         return False, str(flavour.reason)
+    if target.also_compute_capabilities:
+        return False, f"one engine for several GPUs ({target.name}) is a TensorRT-RTX build"
     if target.tensorrt and not flavour.version.startswith(target.tensorrt):  # type: ignore[union-attr]
         return False, f"{target.name} ships TensorRT {target.tensorrt}, here is {flavour.version}"
     gpu = local_gpu()
@@ -69,7 +71,7 @@ def _rtx_can_build(target: Target, dla_core: int | None) -> tuple[bool, str]:
         return False, str(flavour.reason)
     if dla_core is not None or target.kind == "jetson":
         return False, f"{target.name} engines come from the TensorRT it ships ({target.tensorrt})"
-    if target.compute_capability not in flavour.compute_capabilities:
+    if not set(target.compute_capabilities) <= set(flavour.compute_capabilities):
         supported = ", ".join(flavour.compute_capabilities)
         return False, f"TensorRT-RTX targets compute capabilities {supported}, not {target.sm}"
     return True, ""

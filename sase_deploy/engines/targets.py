@@ -41,6 +41,8 @@ class Target:
         jetpack: the JetPack that ships `tensorrt`, or None off Jetson.
         default_workspace_mb: builder workspace to use when none is given.
         notes: facts a user should know (module variants, fallbacks).
+        also_compute_capabilities: further SMs one engine for this target runs on (a portable
+            TensorRT-RTX engine); empty for a device class.
     """
 
     name: str
@@ -54,12 +56,18 @@ class Target:
     jetpack: str | None
     default_workspace_mb: int
     notes: str = ""
+    also_compute_capabilities: tuple[str, ...] = ()
+
+    @property
+    def compute_capabilities(self) -> tuple[str, ...]:
+        """Every compute capability an engine for this target is built for."""
+        return (self.compute_capability, *self.also_compute_capabilities)
 
     @property
     def sm(self) -> str:
-        """Compute capability as TensorRT-RTX and nvcc spell it: "8.9" -> "SM89"."""
-        major, _, minor = self.compute_capability.partition(".")
-        return f"SM{major}{minor or '0'}"
+        """Compute capability as TensorRT-RTX and nvcc spell it: "8.9" -> "SM89" (a portable
+        target lists each: "SM80,SM86,...")."""
+        return ",".join(_sm(cc) for cc in self.compute_capabilities)
 
     @property
     def has_dla(self) -> bool:
@@ -73,8 +81,15 @@ class Target:
         """JSON-ready facts, with `sm` added (for manifests and `doctor --json`)."""
         data = asdict(self)
         data["precisions"] = list(self.precisions)
+        data["compute_capabilities"] = list(self.compute_capabilities)
+        data["also_compute_capabilities"] = list(self.also_compute_capabilities)
         data["sm"] = self.sm
         return data
+
+
+def _sm(compute_capability: str) -> str:
+    major, _, minor = compute_capability.partition(".")
+    return f"SM{major}{minor or '0'}"
 
 
 def _target_from_json(entry: dict[str, Any]) -> Target:
@@ -90,6 +105,7 @@ def _target_from_json(entry: dict[str, Any]) -> Target:
         jetpack=entry.get("jetpack"),
         default_workspace_mb=int(entry["default_workspace_mb"]),
         notes=str(entry.get("notes", "")),
+        also_compute_capabilities=tuple(entry.get("also_compute_capabilities", ())),
     )
     # The JSON ships with the package: a bad entry is a bug, not a user error.
     if target.kind not in KINDS or not set(target.precisions) <= set(PRECISIONS):

@@ -31,15 +31,15 @@ Profile = Mapping[str, tuple[Shape, Shape, Shape]]
 class BuildOptions:
     """What the builder is asked for.
 
-    compute_capability: "8.9" targets that SM ahead of time (TensorRT-RTX); None builds for the
-        local GPU (TensorRT). profile: input name -> (min, opt, max) shapes for dynamic inputs.
+    compute_capabilities: ("8.9",) targets those SMs ahead of time (TensorRT-RTX; several give one
+        engine that runs on each); empty builds for the local GPU (TensorRT). profile: input name -> (min, opt, max) shapes for dynamic inputs.
     workspace_mb: workspace pool limit (None: the builder's default). timing_cache: file read and
         updated (TensorRT only). flags: "fp16"/"int8" builder flags (TensorRT 10 weakly typed;
         empty for strongly typed builds). calib_cache: TensorRT-10 INT8 calibration cache.
     dla_core: DLA core with GPU fallback (Jetson).
     """
 
-    compute_capability: str | None = None
+    compute_capabilities: tuple[str, ...] = ()
     profile: Profile | None = None
     workspace_mb: int | None = None
     timing_cache: Path | None = None
@@ -141,9 +141,8 @@ def _config(flavour: Flavour, options: BuildOptions) -> Any:
     if flavour.name == "tensorrt-rtx":
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
 
-        cc = options.compute_capability
-        ccs = [tuple(int(p) for p in cc.split("."))] if cc else None
-        return CreateConfigRTX(compute_capabilities=ccs, **common)
+        ccs = [tuple(int(p) for p in cc.split(".")) for cc in options.compute_capabilities]
+        return CreateConfigRTX(compute_capabilities=ccs or None, **common)
     calibrator = None
     if options.calib_cache is not None:  # reads ranges from the cache; no data loader needed
         calibrator = ptrt.Calibrator(data_loader=None, cache=os.fspath(options.calib_cache))
