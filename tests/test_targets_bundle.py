@@ -72,7 +72,7 @@ def test_every_target_loads() -> None:
         assert target.name == name and target.title.startswith("NVIDIA")
         assert target.kind in ("datacenter", "rtx", "jetson")
         assert set(target.precisions) <= set(PRECISIONS) and "fp32" in target.precisions
-        assert re.fullmatch(r"SM\d{2,3}", target.sm)
+        assert re.fullmatch(r"SM\d{2,3}(,SM\d{2,3})*", target.sm)
         assert target.default_workspace_mb > 0 and target.memory_gb > 0
         assert (target.tensorrt is None) == (target.kind != "jetson") == (target.jetpack is None)
         json.dumps(target.to_dict())
