@@ -2,8 +2,8 @@
 
 For every registered model (or `--models a,b`) and precision (fp32 / fp16 / int8 by default):
 export it fused with a dynamic batch (`export_model(..., dynamic_batch=True)`; the digits models
-with their trained checkpoints `examples/digits/<name>.pt`, the others with random-init weights
-at `torch.manual_seed(--seed)`, default 0), then `build(BuildRequest(...,
+with their packaged trained checkpoints `sase_deploy/assets/digits/<name>.pt`, the others with
+random-init weights at `torch.manual_seed(--seed)`, default 0), then `build(BuildRequest(...,
 backend="tensorrt-rtx"))` for `--target` (default l4, SM89), which makes the FP16 graph
 (`convert`) or the INT8 Q/DQ graph (`calibrate`) itself and builds the engine ahead of time;
 no GPU is needed. INT8 calibration data (`--samples`, default 32, keeps it fast):
@@ -41,10 +41,9 @@ import numpy as np
 from sase_deploy.engines.build import PRECISIONS, BuildRequest, BuildResult, build
 from sase_deploy.errors import ParityError, SaseDeployError, UserError
 from sase_deploy.export import export_model
+from sase_deploy.models.digits import digits_checkpoint_file
 from sase_deploy.models.registry import MODEL_SPECS, get_model_spec
 
-REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS = REPO / "examples" / "digits"
 DIGITS = ("se_resnet_digits", "sase_resnet_digits")
 COLUMNS = (
     "model", "precision", "parse ok", "build ok", "layers", "Q/DQ layers", "HALF tensors",
@@ -69,8 +68,8 @@ def export(name: str, folder: Path, seed: int) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    checkpoint = CHECKPOINTS / f"{name}.pt" if name in DIGITS else None
     out = folder / f"{name}.onnx"
+    checkpoint = digits_checkpoint_file(name) if name in DIGITS else None
     export_model(name, out, checkpoint=checkpoint, dynamic_batch=True)
     return out
 

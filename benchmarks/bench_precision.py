@@ -26,9 +26,9 @@ from sase_deploy.calibration.sensitivity import psnr
 from sase_deploy.calibration.sources import LatentSource, graph_inputs
 from sase_deploy.engines.ort import OrtRunner
 from sase_deploy.export import export_model
+from sase_deploy.models.digits import digits_checkpoint_file
 
 DIGITS = ("se_resnet_digits", "sase_resnet_digits")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def predict_all(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -38,7 +38,7 @@ def predict_all(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndar
         return np.concatenate([runner.infer(feed)[first] for feed in feeds])
 
 
-def digits_rows(tmp: Path, checkpoint_dir: Path) -> list[list[str]]:
+def digits_rows(tmp: Path, checkpoint_dir: Path | None) -> list[list[str]]:
     from sase_deploy.models.digits_data import load_digits_split
 
     split = load_digits_split()
@@ -47,7 +47,10 @@ def digits_rows(tmp: Path, checkpoint_dir: Path) -> list[list[str]]:
     test_feeds = [{"x": split.x_test[i : i + 128]} for i in range(0, len(split.x_test), 128)]
     rows = []
     for name in DIGITS:
-        checkpoint = checkpoint_dir / f"{name}.pt"
+        if checkpoint_dir is None:
+            checkpoint = digits_checkpoint_file(name)
+        else:
+            checkpoint = checkpoint_dir / f"{name}.pt"
         if not checkpoint.is_file():
             rows.append([name, "-", "-", "-", "-", f"no checkpoint {checkpoint}"])
             continue
@@ -142,7 +145,12 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint-dir", type=Path, default=REPO / "examples" / "digits")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="folder with <name>.pt (default: the packaged sase_deploy/assets/digits ones)",
+    )
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--skip-fastgan", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")

@@ -14,11 +14,14 @@ import click
 from sase_deploy import __version__
 from sase_deploy.commands.build import build_command
 from sase_deploy.commands.calibrate import calibrate_command
+from sase_deploy.commands.compare import compare_command
 from sase_deploy.commands.convert import convert_command
+from sase_deploy.commands.deploy import deploy_command
 from sase_deploy.commands.export import export_command
 from sase_deploy.commands.fuse import fuse_command
 from sase_deploy.commands.models import models_command
 from sase_deploy.commands.targets import doctor_command, targets_command
+from sase_deploy.commands.triton import triton_command
 from sase_deploy.errors import ParityError, UserError
 
 
@@ -45,6 +48,9 @@ for command in (
     calibrate_command,
     convert_command,
     build_command,
+    compare_command,
+    deploy_command,
+    triton_command,
     targets_command,
     doctor_command,
 ):

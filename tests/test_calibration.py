@@ -296,22 +296,17 @@ def test_registry_defaults_from_model_option(run_cli, tiny: Path, tmp_path: Path
     assert prep["size"] == [8, 8] and prep["channel_order"] == "L" and prep["std"][0] > 1.0
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["se_resnet_digits", "sase_resnet_digits"])
 def test_digits_accuracy_targets(name: str, tmp_path: Path) -> None:
     """Acceptance: INT8 drop <= 0.5 pt and FP16 drop <= 0.1 pt on the digits test split."""
     from sase_deploy.calibration import convert_onnx
     from sase_deploy.export import export_model
+    from sase_deploy.models.digits import digits_checkpoint_file
     from sase_deploy.models.digits_data import load_digits_split
 
-    checkpoint = REPO / "examples" / "digits" / f"{name}.pt"
-    if not checkpoint.is_file():
-        pytest.skip(f"trained checkpoint {checkpoint} not committed yet")
     fp32 = tmp_path / f"{name}.onnx"
-    export_model(name, fp32, checkpoint=checkpoint, dynamic_batch=True)
+    export_model(name, fp32, checkpoint=digits_checkpoint_file(name), dynamic_batch=True)
     split = load_digits_split()
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=split.x_train[:512], y=split.y_train[:512])

@@ -16,8 +16,8 @@ from sase_deploy.engines.build import BuildRequest, build, graph_precision, plan
 from sase_deploy.engines.flavours import find_flavour
 from sase_deploy.engines.targets import get_target
 from sase_deploy.errors import UserError
+from sase_deploy.models.digits import digits_checkpoint_file
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "digits"
 RTX = find_flavour("tensorrt-rtx")
 needs_rtx = pytest.mark.skipif(not RTX.installed, reason=f"TensorRT-RTX: {RTX.reason}")
 
@@ -38,7 +38,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for name in ("se_resnet_digits", "sase_resnet_digits"):
         out = folder / f"{name}.onnx"
-        export_model(name, out, checkpoint=EXAMPLES / f"{name}.pt", dynamic_batch=True)
+        export_model(name, out, checkpoint=digits_checkpoint_file(name), dynamic_batch=True)
         paths[name] = out
     split = load_digits_split()
     np.savez(folder / "calib.npz", x=split.x_train[:256], y=split.y_train[:256])
@@ -235,7 +235,7 @@ def test_every_export_variant_builds(
     from sase_deploy.export import export_model
 
     onnx_path = tmp_path / f"{model}.onnx"
-    export_model(model, onnx_path, checkpoint=EXAMPLES / f"{model}.pt", fuse=fuse,
+    export_model(model, onnx_path, checkpoint=digits_checkpoint_file(model), fuse=fuse,
                  dynamic_batch=dynamic)  # fmt: skip
     for precision in ("fp32", "int8"):
         result = build(BuildRequest(onnx_path, "l4", tmp_path / "e", precision,

@@ -17,11 +17,11 @@ from sase_deploy._io import atomic_path, check_writable
 from sase_deploy.calibration.sources import ArraySource, FixedBatchSource
 from sase_deploy.engines.ort import OrtRunner
 from sase_deploy.errors import UserError
+from sase_deploy.models.digits import digits_checkpoint_file
 from sase_deploy.models.digits_data import load_digits_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = "se_resnet_digits"
 
 
@@ -30,11 +30,8 @@ def static_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained digits model exported with the defaults (fixed batch 1) plus its manifest."""
     from sase_deploy.export import export_model
 
-    checkpoint = REPO / "examples" / "digits" / f"{DIGITS}.pt"
-    if not checkpoint.is_file():
-        pytest.skip(f"trained checkpoint {checkpoint} not committed")
     path = tmp_path_factory.mktemp("static") / f"{DIGITS}.onnx"
-    export_model(DIGITS, path, checkpoint=checkpoint)
+    export_model(DIGITS, path, checkpoint=digits_checkpoint_file(DIGITS))
     dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].HasField("dim_value") and dims[0].dim_value == 1  # really static
     return path

@@ -381,17 +381,18 @@ def open_source(
     if not inputs:
         raise UserError("the model has no float inputs to calibrate")
     batch = model_batch(inputs)
-    source = _open_data(data, inputs, samples, preprocess, seed)
+    source = open_data(data, inputs, samples, preprocess, seed)
     return source if batch is None else FixedBatchSource(source, batch)
 
 
-def _open_data(
+def open_data(
     data: str,
     inputs: tuple[GraphInput, ...],
     samples: int | None,
     preprocess: Preprocess | None,
     seed: int,
 ) -> CalibrationSource:
+    """Open `data` for `inputs` (no fixed-batch wrapping: see `open_source`)."""
     if data == "latent" or data.startswith("latent:"):
         if ":" in data:
             try:

@@ -32,7 +32,8 @@ class BuildOptions:
     """What the builder is asked for.
 
     compute_capabilities: ("8.9",) targets those SMs ahead of time (TensorRT-RTX; several give one
-        engine that runs on each); empty builds for the local GPU (TensorRT). profile: input name -> (min, opt, max) shapes for dynamic inputs.
+        engine that runs on each); empty builds for the local GPU (TensorRT).
+    profile: input name -> (min, opt, max) shapes for dynamic inputs.
     workspace_mb: workspace pool limit (None: the builder's default). timing_cache: file read and
         updated (TensorRT only). flags: "fp16"/"int8" builder flags (TensorRT 10 weakly typed;
         empty for strongly typed builds). calib_cache: TensorRT-10 INT8 calibration cache.

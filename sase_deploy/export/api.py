@@ -125,13 +125,17 @@ def _run_reference(
     return flat
 
 
-def _load_weights(
+def load_weights(
     source: ModelSource,
     checkpoint: str | Path | None,
     key: str | None,
     use_ema: bool,
     unsafe_load: bool,
 ) -> dict[str, Any] | None:
+    """Load `checkpoint` (if given) into `source.module`, bake spectral norm, switch to eval.
+
+    Returns the checkpoint report (None without a checkpoint). Shared by export and compare.
+    """
     from sase_deploy.models.checkpoint import bake_spectral_norm, load_checkpoint
 
     report = None
@@ -221,7 +225,7 @@ def export_model(
     )
     if dynamic_batch and not source.dynamic_batch_allowed:
         raise UserError(f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch")
-    checkpoint_report = _load_weights(source, checkpoint, checkpoint_key, use_ema, unsafe_load)
+    checkpoint_report = load_weights(source, checkpoint, checkpoint_key, use_ema, unsafe_load)
     reference = source.module
     trace_batch = TRACE_BATCH_DYNAMIC if dynamic_batch else source.inputs[0].shape[0]
     feed = sample_inputs(source.inputs, seed=seed, batch=trace_batch)

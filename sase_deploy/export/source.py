@@ -27,6 +27,7 @@ from sase_deploy.models.spec import InputSpec, ModelSpec
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".jit", ".torchscript")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+REGISTRY_INIT_SEED = 0
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
 
 
@@ -96,7 +97,11 @@ def _from_registry(name: str, kwargs: dict[str, Any]) -> ModelSource:
 
     spec = get_model_spec(name)  # UserError with a "did you mean" for unknown names
     try:
-        module = spec.factory(**kwargs)
+        # Seeded: a registered model at random init is the same network in every call, so a
+        # reference built by `compare` matches the one `export` traced, and exports repeat.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(REGISTRY_INIT_SEED)
+            module = spec.factory(**kwargs)
         inputs = spec.input_specs(**kwargs)
     except TypeError as exc:
         raise UserError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -71,6 +72,8 @@ class ModelSpec:
     preprocess: Preprocess | None = None
     source: str = ""  # official code the layout follows, or "reconstruction"
     inputs_fn: Callable[..., tuple[InputSpec, ...]] | None = None
+    # Trained weights the package ships (the digits classifiers): used when no -c is given.
+    checkpoint: Callable[[], Path] | None = None
 
     def input_specs(self, **model_kwargs: Any) -> tuple[InputSpec, ...]:
         if self.inputs_fn is not None:

@@ -1,0 +1,159 @@
+"""`sase-deploy deploy`: checkpoint -> fused ONNX -> FP16/INT8 -> engines -> parity report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sase_deploy.commands.compare import compare_options, finish, report_options
+from sase_deploy.console import emit_json, note, progress
+from sase_deploy.errors import ParityError, UserError
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
+
+
+def _requests(
+    model: str | None, config: Path | None, output: Path | None, cli: dict[str, Any]
+) -> list[Any]:
+    """One DeployRequest per model: from MODEL and options, or from the TOML config (options
+    given on the command line win over the file)."""
+    from sase_deploy.deploy.api import PRECISIONS, DeployRequest
+    from sase_deploy.deploy.config import load_config
+
+    if config is None:
+        if model is None:
+            raise UserError("give MODEL (e.g. sase_resnet_digits) or --config deploy.toml")
+        if output is None:
+            raise UserError("give -o OUT: the folder for export, engines and the report")
+        entries: list[dict[str, Any]] = [{"name": model}]
+        settings: dict[str, Any] = {"triton": False, "compare": {}}
+    else:
+        if model is not None:
+            raise UserError("give either MODEL or --config, not both")
+        settings = load_config(config)
+        entries = settings["models"]
+        output = output or (Path(settings["output"]) if settings["output"] else None)
+        if output is None:
+            raise UserError(f'give -o OUT or set output = "..." in {config}')
+    given = {k: v for k, v in cli["compare"].items() if v not in (None, ())}
+    opts = compare_options(**{**_config_compare(settings["compare"]), **given})
+    requests = []
+    for entry in entries:
+        precisions = cli["precisions"] or entry.get("precisions") or PRECISIONS
+        out = output if len(entries) == 1 else output / Path(entry["name"]).stem
+        requests.append(
+            DeployRequest(
+                model=entry["name"],
+                output=out,
+                checkpoint=cli["checkpoint"] or _opt_path(entry.get("checkpoint")),
+                unsafe_load=cli["unsafe_load"],
+                model_args=entry.get("model_args", {}),
+                targets=cli["targets"] or entry.get("targets", ()),
+                precisions=tuple(precisions),
+                precisions_given=bool(cli["precisions"] or entry.get("precisions")),
+                data=cli["data"] or entry.get("data"),
+                eval_data=cli["eval_data"] or entry.get("eval_data"),
+                compare=replace(opts, data=None),
+                triton=cli["triton"] or settings["triton"],
+            )
+        )
+    return requests
+
+
+def _opt_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _config_compare(section: dict[str, Any]) -> dict[str, Any]:
+    """[compare] keys as compare_options arguments (command-line values override them)."""
+    batches = section.get("batches")
+    return {
+        "samples": section.get("samples"),
+        "batches": ",".join(str(b) for b in batches) if isinstance(batches, list) else batches,
+        "runs": section.get("runs"),
+        "warmup": section.get("warmup"),
+        "tolerances": tuple(section.get("tolerances", ())),
+    }
+
+
+@click.command("deploy")
+@click.argument("model", metavar="MODEL", required=False)
+@click.option("-c", "--checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--unsafe-load", is_flag=True, help="Allow pickled checkpoints (runs their code).")
+@click.option("--targets", help="Comma-separated targets [default: rtx when TensorRT-RTX is here].")
+@click.option("--precisions", help="Comma-separated, of fp32,fp16,int8 [default: all three].")
+@click.option("--data", help="Calibration data (image folder, .npy/.npz, latent[:SEED]).")
+@click.option("--eval-data", help="Comparison inputs [default: the model's own, else --data].")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="deploy.toml.")
+@click.option("--triton", is_flag=True, help="Also write a Triton model repository.")
+@report_options
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def deploy_command(
+    model: str | None,
+    checkpoint: Path | None,
+    unsafe_load: bool,
+    targets: str | None,
+    precisions: str | None,
+    data: str | None,
+    eval_data: str | None,
+    config: Path | None,
+    triton: bool,
+    samples: int | None,
+    batches: str | None,
+    runs: int | None,
+    warmup: int | None,
+    tolerances: tuple[str, ...],
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """The whole job: export MODEL (fused), make FP16 and INT8 models, build engines per target,
+    compare everything with PyTorch and write OUT/report.{json,md,html}. Re-running skips the
+    stages whose inputs are unchanged."""
+
+    compare = {"samples": samples, "batches": batches, "runs": runs, "warmup": warmup,
+               "tolerances": tolerances}  # fmt: skip
+    cli = {"checkpoint": checkpoint, "unsafe_load": unsafe_load, "targets": _split(targets),
+           "precisions": _split(precisions), "data": data, "eval_data": eval_data,
+           "triton": triton, "compare": compare}  # fmt: skip
+    results = [_deploy_one(request, as_json) for request in _requests(model, config, output, cli)]
+    _finish(results, as_json)
+
+
+def _deploy_one(request: Any, as_json: bool) -> Any:
+    from sase_deploy.deploy.api import deploy
+
+    with progress() as bar:
+        task = bar.add_task(f"deploy {request.model}", total=None)
+        result = deploy(request, on_stage=lambda s: bar.update(task, description=s))
+    if not as_json:
+        for line in result.notes:
+            note(f"note: {line}")
+    return result
+
+
+def _finish(results: list[Any], as_json: bool) -> None:
+    failures = [f for r in results for f in r.build_failures]
+    parity_error: ParityError | None = None
+    if as_json:
+        emit_json({"command": "deploy", "models": [r.to_dict() | {"verdict": r.report["verdict"],
+                   "failures": r.report["failures"]} for r in results]})  # fmt: skip
+    for result in results:
+        try:
+            if not as_json:
+                finish(result.report, result.reports, False, "deploy")
+            elif result.report["verdict"] == "fail":
+                raise ParityError(result.report["failures"][0])
+        except ParityError as exc:
+            parity_error = parity_error or exc
+    if failures:
+        raise UserError(
+            f"{len(failures)} build(s) failed (report written without them): {failures[0]}"
+        )
+    if parity_error is not None:
+        raise parity_error

@@ -1,0 +1,77 @@
+"""Stage skipping for `deploy`: a stage re-runs only when its inputs or its outputs changed.
+
+`OUT/deploy.state.json` records, per stage, a key (sha256 of the facts the stage depends on:
+options, versions, sha256 of input files) and the sha256 of each file it wrote. A stage whose key
+matches and whose outputs are intact is skipped. The state file is rewritten atomically after each
+stage, so a killed deploy resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sase_deploy import __version__
+from sase_deploy._io import sha256_file, write_json_atomic
+
+STATE_FILE = "deploy.state.json"
+STATE_FORMAT = "sase-deploy.deploy-state/1"
+
+
+def stage_key(facts: dict[str, Any]) -> str:
+    """sha256 of the stage's facts (JSON, sorted keys) and this sase-deploy version."""
+    text = json.dumps({**facts, "sase_deploy": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_digest(path: Path | None) -> str | None:
+    """sha256 of a file (None for None); ONNX external data is hashed with its model."""
+    if path is None:
+        return None
+    digest = sha256_file(path)
+    data = path.with_name(path.name + ".data")
+    return f"{digest}+{sha256_file(data)}" if data.is_file() else digest
+
+
+class DeployState:
+    """The record of finished stages in one deploy output folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STATE_FILE
+        self.stages: dict[str, dict[str, Any]] = {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and data.get("format") == STATE_FORMAT:
+            self.stages = dict(data.get("stages", {}))
+
+    def fresh(self, name: str, key: str) -> list[Path] | None:
+        """The outputs of stage `name` if it ran with `key` and they are intact, else None."""
+        entry = self.stages.get(name)
+        if not entry or entry.get("key") != key:
+            return None
+        outputs = [Path(p) for p in entry.get("outputs", {})]
+        for path in outputs:
+            if not path.is_file() or file_digest(path) != entry["outputs"][str(path)]:
+                return None
+        return outputs
+
+    def record(self, name: str, key: str, outputs: Sequence[Path]) -> None:
+        self.stages[name] = {"key": key, "outputs": {str(p): file_digest(p) for p in outputs}}
+        write_json_atomic(self.path, {"format": STATE_FORMAT, "stages": self.stages})
+
+    def run(
+        self, name: str, facts: dict[str, Any], produce: Callable[[], Sequence[Path]]
+    ) -> tuple[list[Path], bool]:
+        """Run `produce` unless stage `name` is fresh; returns (outputs, skipped)."""
+        key = stage_key(facts)
+        outputs = self.fresh(name, key)
+        if outputs is not None:
+            return outputs, True
+        outputs = list(produce())
+        self.record(name, key, outputs)
+        return outputs, False

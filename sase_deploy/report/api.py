@@ -1,0 +1,259 @@
+"""`compare`: run a reference and candidates on the same inputs; the parity report document.
+
+The document (a plain dict, schema in `sase_deploy/assets/report.schema.json`, described in
+docs/report-schema.md) holds, per candidate, accuracy per output and per task, latency per batch,
+the checks against the tolerances of its precision and a verdict. Candidates this machine cannot
+run are rows that say why, with their build facts, and never numbers that were not measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sase_deploy.calibration.sources import CalibrationSource, graph_inputs, model_batch
+from sase_deploy.engines.base import Runner
+from sase_deploy.errors import UserError
+from sase_deploy.report import metrics as m
+from sase_deploy.report.candidates import Candidate
+from sase_deploy.report.environment import environment
+from sase_deploy.report.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
+from sase_deploy.report.previews import previews
+from sase_deploy.report.reference import Reference, open_reference_data
+from sase_deploy.report.schema import SCHEMA_VERSION
+from sase_deploy.report.tolerances import (
+    DEFAULT_TOLERANCES,
+    Tolerances,
+    describe_failure,
+    run_checks,
+)
+
+SCHEMA_ID = "sase-deploy/report"
+DEFAULT_BATCHES = (1, 8)
+
+Outputs = dict[str, np.ndarray]
+Stage = Callable[[str], None]
+
+
+@dataclass
+class CompareOptions:
+    """How `compare` runs.
+
+    data: `--data` source (None: the model's default). samples: how many inputs (None: the
+    task's default). batches: latency batch sizes. runs / warmup: timed and untimed runs per
+    latency row. tolerances: per precision (`parse_tolerances`). seed: for seeded inputs.
+    """
+
+    data: str | None = None
+    samples: int | None = None
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    runs: int = DEFAULT_RUNS
+    warmup: int = DEFAULT_WARMUP
+    tolerances: Tolerances = field(default_factory=lambda: DEFAULT_TOLERANCES)
+    seed: int = 0
+
+
+def _accuracy_batch(candidates: Sequence[Candidate], batches: Sequence[int]) -> int | None:
+    """The batch every runnable ONNX candidate accepts: its fixed batch, else the largest asked."""
+    from sase_deploy.rewrite.api import load_onnx
+
+    fixed = set()
+    for c in candidates:
+        if c.kind == "onnx" and c.blocker is None:
+            found = model_batch(graph_inputs(load_onnx(c.path)))
+            if found is not None:
+                fixed.add(found)
+    if len(fixed) > 1:
+        raise UserError(
+            f"the ONNX candidates fix different batch sizes {sorted(fixed)}; compare models "
+            "exported with one batch size (or --dynamic-batch)"
+        )
+    return fixed.pop() if fixed else None
+
+
+def _run_all(runner: Runner, batches: list[dict[str, np.ndarray]], names: Sequence[str]) -> Outputs:
+    """All batches through an active runner, outputs concatenated on axis 0."""
+    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in batches:
+        got = runner.infer(feed)
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise UserError(
+                f"{runner.name}: outputs {sorted(got)} do not include the reference's {missing}; "
+                "compare models exported from the same network"
+            )
+        for n in names:
+            collected[n].append(np.asarray(got[n]))
+    return {n: np.concatenate(v, axis=0) for n, v in collected.items()}
+
+
+def _latency_rows(
+    runner: Runner, data: list[dict[str, np.ndarray]], fixed: int | None, opts: CompareOptions
+) -> list[dict[str, Any]]:
+    rows = []
+    pool = {k: np.concatenate([b[k] for b in data], axis=0) for k in data[0]}
+    for batch in (fixed,) if fixed else opts.batches:
+        reps = -(-batch // len(next(iter(pool.values()))))
+        feed = {k: np.concatenate([v] * reps, axis=0)[:batch] for k, v in pool.items()}
+        rows.append(measure_latency(runner, feed, runs=opts.runs, warmup=opts.warmup))
+    return rows
+
+
+def _task_metrics(
+    task: str, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    if task == "classification":
+        return m.classification_metrics(ref, got, labels)
+    if task == "generation":
+        return m.generation_metrics(ref, got)
+    return {}
+
+
+def _judge(
+    c: Candidate,
+    ref_out: Outputs,
+    got: Outputs,
+    reference: Reference,
+    labels: np.ndarray | None,
+    opts: CompareOptions,
+) -> dict[str, Any]:
+    primary = reference.output_names[0]
+    outputs = [m.output_metrics(n, ref_out[n], got[n]) for n in reference.output_names]
+    task = _task_metrics(reference.task, ref_out[primary], got[primary], labels)
+    checks = run_checks(opts.tolerances[c.precision], outputs, task, primary)
+    failed = [describe_failure(ch) for ch in checks if not ch["passed"]]
+    preview = None
+    if reference.task == "generation":
+        preview = previews(primary, ref_out[primary], got[primary])
+    return {
+        "status": "fail" if failed else "pass",
+        "reason": "; ".join(failed) or None,
+        "outputs": outputs,
+        "metrics": task,
+        "checks": checks,
+        "previews": preview,
+    }
+
+
+def _candidate_row(c: Candidate) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "path": str(c.path),
+        "kind": c.kind,
+        "precision": c.precision,
+        "backend": c.backend,
+        "target": c.target,
+        "status": "not_run",
+        "reason": c.blocker,
+        "build": c.build,
+        "outputs": [],
+        "metrics": {},
+        "latency": [],
+        "checks": [],
+        "previews": None,
+    }
+
+
+def compare(
+    reference: Reference,
+    candidates: Sequence[Candidate],
+    options: CompareOptions | None = None,
+    on_stage: Stage | None = None,
+) -> dict[str, Any]:
+    """Run `reference` and every runnable candidate on the same inputs; the report document.
+
+    Args:
+        reference: from `load_reference`.
+        candidates: from `resolve_candidates` (or built by `deploy`).
+        options: data, samples, latency batches/runs, tolerances (see `CompareOptions`).
+        on_stage: called with a short description before each runner starts.
+    """
+    opts = options or CompareOptions()
+    stage = on_stage or (lambda _name: None)
+    if not candidates:
+        raise UserError("nothing to compare: give at least one candidate (ONNX file or engine)")
+    fixed = _accuracy_batch(candidates, opts.batches)
+    source: CalibrationSource = open_reference_data(reference, opts.data, opts.samples, opts.seed)
+    if fixed is not None:
+        from sase_deploy.calibration.sources import FixedBatchSource
+
+        source = FixedBatchSource(source, fixed)
+    data = list(source.batches(fixed or max(opts.batches)))
+    labels = source.labels()
+    stage(f"reference ({reference.backend})")
+    with reference.make_runner() as runner:
+        ref_out = _run_all(runner, data, reference.output_names)
+        ref_latency = _latency_rows(runner, data, fixed, opts)
+    rows = []
+    for c in candidates:
+        row = _candidate_row(c)
+        if c.blocker is None and c.make_runner is not None:
+            stage(f"{c.name} ({c.backend})")
+            with c.make_runner() as runner:
+                got = _run_all(runner, data, reference.output_names)
+                row["latency"] = _latency_rows(runner, data, fixed, opts)
+            row.update(_judge(c, ref_out, got, reference, labels, opts))
+        rows.append(row)
+    return _document(
+        reference, rows, source, fixed or max(opts.batches), labels, ref_out, ref_latency, opts
+    )
+
+
+def _document(
+    reference: Reference,
+    rows: list[dict[str, Any]],
+    source: CalibrationSource,
+    batch: int,
+    labels: np.ndarray | None,
+    ref_out: Outputs,
+    ref_latency: list[dict[str, Any]],
+    opts: CompareOptions,
+) -> dict[str, Any]:
+    failures = [f"{r['name']}: {r['reason']}" for r in rows if r["status"] == "fail"]
+    primary = ref_out[reference.output_names[0]]
+    ref_metrics = m.reference_metrics(primary, labels) if reference.task == "classification" else {}
+    described = source.describe()
+    return {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "verdict": "fail" if failures else "pass",
+        "failures": failures,
+        "environment": environment(),
+        "model": {
+            "name": reference.model_name or Path(reference.source.split(" ")[0]).stem,
+            "task": reference.task,
+            "reference": reference.name,
+            "source": reference.source,
+            "inputs": [
+                {"name": i.name, "shape": ["batch", *i.shape[1:]], "dtype": str(i.dtype)}
+                for i in reference.inputs
+            ],
+            "outputs": list(reference.output_names),
+        },
+        "data": {
+            "source": str(described.get("origin", described.get("kind"))),
+            "samples": len(primary),
+            "labels": labels is not None,
+            "batch": batch,
+            "seed": opts.seed,
+        },
+        "settings": {
+            "batches": list(opts.batches),
+            "warmup": opts.warmup,
+            "runs": opts.runs,
+            "tolerances": opts.tolerances,
+        },
+        "reference": {
+            "name": reference.name,
+            "backend": reference.backend,
+            "metrics": ref_metrics,
+            "latency": ref_latency,
+        },
+        "candidates": rows,
+    }

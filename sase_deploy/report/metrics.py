@@ -1,0 +1,163 @@
+"""Accuracy of a candidate's outputs against the reference's, on the same inputs.
+
+Everything is computed in float64 so the metric itself adds no rounding. Per output: max / mean
+absolute error, the error relative to the output's scale (max|ref|), the worst per-sample cosine
+similarity, the count of NaN/Inf values and a histogram of absolute errors. Per task:
+classifiers get top-1 / top-5 agreement with the reference (and accuracy against labels when the
+data carry them); generators get PSNR and SSIM.
+
+SSIM is written here (a 7x7 uniform window, as scikit-image's default, with the usual K1 = 0.01,
+K2 = 0.03): the field's implementations live in scikit-image or torchmetrics, heavy dependencies
+for a dozen lines of box filtering.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+HISTOGRAM_MAX_BINS = 12
+SSIM_WINDOW = 7
+
+
+def output_metrics(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Errors of `got` against `ref` for one output (the report's `outputs[]` entry)."""
+    if ref.shape != got.shape:
+        raise ValueError(f"output '{name}': shape {got.shape} != reference {ref.shape}")
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    nonfinite = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(r - g)
+    finite_err = np.where(np.isfinite(err), err, np.inf)
+    scale = max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
+    max_abs = float(finite_err.max()) if err.size else 0.0
+    return {
+        "name": name,
+        "shape": list(ref.shape),
+        "max_abs": _json_float(max_abs),
+        "mean_abs": _json_float(float(finite_err.mean()) if err.size else 0.0),
+        "scale": scale,
+        "rel_max_abs": _json_float(max_abs / scale),
+        "cosine": _json_float(worst_cosine(r, g)),
+        "nonfinite": nonfinite,
+        "error_histogram": error_histogram(err[np.isfinite(err)]),
+    }
+
+
+def _json_float(value: float) -> float | None:
+    """JSON has no inf/nan: a non-finite error is reported as null (with `nonfinite` > 0)."""
+    return value if math.isfinite(value) else None
+
+
+def worst_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    """The smallest cosine similarity over samples (axis 0); 1.0 when both are zero."""
+    r = ref.reshape(len(ref), -1) if ref.ndim > 1 else ref.reshape(1, -1)
+    g = got.reshape(len(got), -1) if got.ndim > 1 else got.reshape(1, -1)
+    dot = np.sum(r * g, axis=1)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 1.0)
+    if not np.all(np.isfinite(cos)):
+        return float("nan")
+    return float(np.clip(cos, -1.0, 1.0).min()) if cos.size else 1.0
+
+
+def error_histogram(err: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Counts of absolute errors in decade bins (zeros go to the first bin)."""
+    if err.size == 0:
+        return {"edges": [], "counts": []}
+    top = float(err.max())
+    if top <= 0.0:
+        return {"edges": [0.0, 1e-12], "counts": [int(err.size)]}
+    nonzero = err[err > 0]
+    high = math.ceil(math.log10(top))
+    low = max(math.floor(math.log10(float(nonzero.min()))), high - HISTOGRAM_MAX_BINS)
+    high = max(high, low + 1)
+    edges = [10.0**k for k in range(low, high + 1)]
+    counts, _ = np.histogram(np.clip(err, edges[0], edges[-1]), bins=edges)
+    return {"edges": edges, "counts": [int(c) for c in counts]}
+
+
+def classification_metrics(
+    ref_logits: np.ndarray, got_logits: np.ndarray, labels: np.ndarray | None
+) -> dict[str, float | None]:
+    """Top-1 / top-5 agreement with the reference; accuracy of each against `labels`."""
+    r = ref_logits.reshape(len(ref_logits), -1)
+    g = got_logits.reshape(len(got_logits), -1)
+    ref_top1 = r.argmax(axis=1)
+    got_top1 = np.where(np.isfinite(g).all(axis=1), g.argmax(axis=1), -1)
+    k = min(5, r.shape[1])
+    got_topk = np.argsort(-np.nan_to_num(g, nan=-np.inf), axis=1)[:, :k]
+    metrics: dict[str, float | None] = {
+        "top1_agreement": float(np.mean(ref_top1 == got_top1)),
+        "top5_agreement": float(np.mean((got_topk == ref_top1[:, None]).any(axis=1))),
+    }
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)[: len(r)]
+        ref_acc = float(np.mean(ref_top1 == labels))
+        acc = float(np.mean(got_top1 == labels))
+        metrics.update(
+            {"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": ref_acc - acc}
+        )
+    return metrics
+
+
+def reference_metrics(ref_logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    """What the reference itself scores (classifiers with labels: accuracy)."""
+    if labels is None:
+        return {}
+    top1 = ref_logits.reshape(len(ref_logits), -1).argmax(axis=1)
+    return {"accuracy": float(np.mean(top1 == np.asarray(labels).reshape(-1)[: len(top1)]))}
+
+
+def data_range(ref: np.ndarray) -> float:
+    """The reference's dynamic range (max - min): PSNR/SSIM's L."""
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    return span if span > 0 else 1.0
+
+
+def psnr(ref: np.ndarray, got: np.ndarray, span: float) -> float | None:
+    """Peak signal-to-noise ratio in dB over the whole batch; None if `got` is not finite."""
+    g = got.astype(np.float64)
+    if not np.all(np.isfinite(g)):
+        return None
+    mse = float(np.mean((ref.astype(np.float64) - g) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(span * span / mse)
+
+
+def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over every k x k window of the last two axes ('valid' positions)."""
+    c = np.cumsum(np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 0), (1, 0)]), -1), -2)
+    total = c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]
+    return total / (k * k)
+
+
+def ssim(ref: np.ndarray, got: np.ndarray, span: float) -> float | None:
+    """Mean structural similarity of images (..., H, W); None if not finite or too small."""
+    x = ref.astype(np.float64)
+    y = got.astype(np.float64)
+    if not np.all(np.isfinite(y)) or min(x.shape[-2:]) < SSIM_WINDOW:
+        return None
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    k = SSIM_WINDOW
+    mx, my = _box_mean(x, k), _box_mean(y, k)
+    n = k * k
+    unbias = n / (n - 1)  # sample (co)variances, as scikit-image
+    vx = (_box_mean(x * x, k) - mx * mx) * unbias
+    vy = (_box_mean(y * y, k) - my * my) * unbias
+    cov = (_box_mean(x * y, k) - mx * my) * unbias
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def generation_metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, float | None]:
+    """PSNR (dB) and SSIM of generated images against the reference's."""
+    span = data_range(ref)
+    value = psnr(ref, got, span)
+    return {
+        "psnr_db": None if value is None else min(value, 200.0),  # identical: capped, not inf
+        "ssim": ssim(ref, got, span) if ref.ndim >= 3 else None,
+    }
