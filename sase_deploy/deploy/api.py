@@ -169,6 +169,22 @@ def _calibration_data(run: _Run, name: str, task: str) -> str | None:
     return "latent" if task == "generation" else None
 
 
+def _int8_data(run: _Run, name: str, task: str) -> str | None:
+    """The calibration data for INT8, checked before any work; None (with a note) when the
+    model has none and int8 was only a default."""
+    data = _calibration_data(run, name, task)
+    if data is not None and not data.startswith("latent") and not Path(data).exists():
+        raise UserError(f"--data {data} does not exist; give a folder, .npy/.npz or 'latent'")
+    if data is None and run.request.precisions_given:
+        raise UserError(
+            f"INT8 needs calibration data for {name}: pass --data (image folder or .npz), "
+            "or drop int8 from --precisions"
+        )
+    if data is None:
+        run.notes.append("int8 skipped: no calibration data for this model (pass --data)")
+    return data
+
+
 def _int8(run: _Run, export: Path, data: str) -> Path:
     from sase_deploy.calibration.api import calibrate_onnx
 
@@ -287,23 +303,15 @@ def deploy(request: DeployRequest, on_stage: Stage | None = None) -> DeployResul
     name, source = _model_name(request)
     task = source.spec.task if source.spec is not None else "other"
     run = _Run(request, DeployState(request.output), on_stage or (lambda _s: None))
+    data = _int8_data(run, name, task) if "int8" in request.precisions else None
     export = _export(run, name, source)
     onnx_models = [export] if "fp32" in request.precisions else []
     if "fp16" in request.precisions:
         onnx_models.append(_fp16(run, export))
     calibration = None
-    if "int8" in request.precisions:
-        data = _calibration_data(run, name, task)
-        if data is None and request.precisions_given:
-            raise UserError(
-                f"INT8 needs calibration data for {name}: pass --data (image folder or .npz), "
-                "or drop int8 from --precisions"
-            )
-        if data is None:
-            run.notes.append("int8 skipped: no calibration data for this model (pass --data)")
-        else:
-            onnx_models.append(_int8(run, export, data))
-            calibration = request.output / "calibration"
+    if data is not None:
+        onnx_models.append(_int8(run, export, data))
+        calibration = request.output / "calibration"
     engines, failures = _engines(run, export, calibration, _default_targets(run))
     doc, reports = _compare(run, [*onnx_models, *engines], task)
     triton = _triton(run, [*onnx_models, *engines]) if request.triton else None
