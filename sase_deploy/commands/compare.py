@@ -73,6 +73,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(doc: dict[str, Any]) -> None:
     """The candidates as a rich table on stdout."""
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{doc['model']['name']} vs {doc['reference']['backend']}")
@@ -94,7 +95,9 @@ def print_table(doc: dict[str, Any]) -> None:
             c["name"], c["precision"], c["backend"], status[c["status"]],
             _fmt(rel, ".2e"), task or (c["reason"] or ""), p50,
         )  # fmt: skip
-    stdout.print(table)
+    # Not a terminal (CI logs, pipes): rich would squeeze the table into 80 columns.
+    console = stdout if stdout.is_terminal else Console(width=160)
+    console.print(table)
 
 
 def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str) -> None:

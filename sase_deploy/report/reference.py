@@ -158,6 +158,7 @@ def open_reference_data(
         from sase_deploy.models.digits_data import digits_eval_arrays
 
         x, y = digits_eval_arrays()
+        count = samples if samples is not None else len(x)  # the whole held-out split
         arrays = {reference.inputs[0].name: x[:count]}
         return ArraySource(
             arrays, origin="digits evaluation split (package data)", label_array=y[:count]
