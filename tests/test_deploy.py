@@ -136,3 +136,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert message in result.stderr and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_without_tensorrt_rtx_deploy_says_how_to_add_engines(monkeypatch, tmp_path: Path) -> None:
+    from sase_deploy.deploy import api
+    from sase_deploy.deploy.state import DeployState
+    from sase_deploy.engines import flavours
+
+    missing = flavours.Flavour("tensorrt-rtx", "tensorrt_rtx", None, "not installed")
+    monkeypatch.setattr(flavours, "find_flavour", lambda name: missing)
+    run = api._Run(api.DeployRequest("se_resnet_digits", tmp_path), DeployState(tmp_path), print)
+    assert api._default_targets(run) == ()
+    assert "pip install 'sase-deploy[trt-rtx]'" in run.notes[0]
+    run.request.targets = ("l4",)
+    assert api._default_targets(run) == ("l4",)
