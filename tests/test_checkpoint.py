@@ -485,7 +485,7 @@ def test_spse_resnet50_imagenet_checkpoint(tmp_path: Path) -> None:
 
 def test_readme_loading_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's checkpoint-loading example (models section) runs as written."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     section = readme.split("<!-- section:models -->")[1].split("<!-- /section:models -->")[0]
     blocks = [b.split("```")[0] for b in section.split("```python\n")[1:]]
     example = next(b for b in blocks if "load_checkpoint" in b and "torch.save" in b)

@@ -67,7 +67,7 @@ def test_help_and_version_exit_zero(run_cli, args) -> None:
 
 
 def readme_models_table() -> dict[str, dict[str, str]]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     section = readme.split("<!-- section:models -->")[1].split("<!-- /section:models -->")[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     table = {}
