@@ -4,6 +4,10 @@ A crash or a rejected input never leaves a half-written ONNX, engine or report b
 place that cannot be written (a folder that cannot be created, no permission, a read-only or full
 disk, a destination that is a folder) is a `UserError` naming the path and the OS reason; folders
 created for a write that then failed are removed again.
+
+Temp names carry the writer's process id (`.NAME.<pid>.<random>.tmp`, staging folders
+`.sase-export.<pid>.<random>`). A writer killed outright (SIGKILL, OOM killer) cannot remove its
+temp file; the next write into that folder does (`sweep_stale_temps`), once that process is gone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +32,58 @@ _STORAGE_ERRNOS = frozenset(
     for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG, errno.EROFS)
     if code is not None
 )
+
+
+# `.NAME.<pid>.<8 random chars>.tmp|.probe` (atomic_path, check_writable) and
+# `.sase-export.<pid>.<8 random chars>` (staging folders); mkstemp's random part is [a-z0-9_]{8}.
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.(?:tmp|probe)$")
+_STAGING_RE = re.compile(r"^\.sase-[a-z]+\.(\d+)\.[a-z0-9_]{8}$")
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of this process's temp files for `name` (see the module docstring)."""
+    return f".{name}.{os.getpid()}."
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, someone else's
+        return False
+    return False
+
+
+def sweep_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files and staging folders in `folder` left by sase-deploy writers that
+    were killed (their process no longer exists on this machine); returns what was removed.
+
+    Never raises: an unreadable folder or a file that vanished meanwhile is skipped.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith("."):
+            continue
+        is_dir = entry.is_dir(follow_symlinks=False)
+        match = (_STAGING_RE if is_dir else _TEMP_RE).match(entry.name)
+        if match is None or not _process_gone(int(match.group(1))):
+            continue
+        try:
+            if is_dir:
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 def output_error(
@@ -128,8 +186,11 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(dest)
     with output_folder(dest.parent, dest):
+        sweep_stale_temps(dest.parent)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            fd, tmp = tempfile.mkstemp(
+                prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent
+            )
         except OSError as exc:
             raise output_error(dest, exc) from exc
         os.close(fd)
@@ -161,7 +222,7 @@ def check_writable(*dests: str | os.PathLike[str]) -> None:
                 raise output_error(dest, IsADirectoryError(errno.EISDIR, "Is a directory"))
             try:
                 fd, probe = tempfile.mkstemp(
-                    prefix=f".{dest.name}.", suffix=".probe", dir=dest.parent
+                    prefix=temp_prefix(dest.name), suffix=".probe", dir=dest.parent
                 )
             except OSError as exc:
                 raise output_error(dest, exc) from exc

@@ -37,13 +37,13 @@ FP16_CANDIDATE_OPS = (
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    path = Path(path)
-    if not path.is_file():
+    """The model at `path`, checked as `fuse` checks it: readable, not empty, external data
+    inside its folder, an opset and ops that ONNX Runtime runs (else a UserError)."""
+    from sase_deploy.rewrite.api import load_onnx as load_checked
+
+    if not Path(path).is_file():
         raise UserError(f"ONNX model {path} not found; export one with 'sase-deploy export'")
-    try:
-        return onnx.load(path)
-    except Exception as exc:
-        raise UserError(f"cannot read ONNX model {path}: {exc}") from exc
+    return load_checked(path)
 
 
 def _model_stem(path: Path) -> str:
@@ -184,6 +184,8 @@ def calibrate_onnx(
     path = Path(model_path)
     if (batch is not None and batch < 1) or (samples is not None and samples < 1):
         raise UserError("--batch and --samples must be positive integers")
+    if method == "percentile" and not 0 < percentile <= 100:
+        raise UserError(f"--percentile {percentile:g}: give a value in (0, 100], e.g. 99.99")
     trt_cache.trt_version_code(trt_version)  # validate before any work
     model = load_onnx(path)
     paths = _artifact_paths(path, output_dir)

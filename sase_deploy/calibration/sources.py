@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,12 @@ class ArraySource:
         self.num_samples = counts.pop()
         if self.num_samples == 0:
             raise UserError(f"{self.origin}: holds no samples; provide at least one")
+        labels = self.label_array
+        if labels is not None and np.shape(labels)[:1] != (self.num_samples,):
+            raise UserError(
+                f"{self.origin}: labels 'y' of shape {np.shape(labels)} for {self.num_samples} "
+                "samples; give one label per sample (or no 'y')"
+            )
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.num_samples, batch_size):
@@ -121,6 +129,11 @@ def _match_arrays(
                 f"{origin}: no array for model input '{inp.name}' (found {sorted(loaded)}); "
                 f"name the arrays after the inputs {[i.name for i in inputs]}"
             )
+        if arr.dtype.kind not in "biuf":  # strings, complex, dates...: not pixel values
+            raise UserError(
+                f"{origin}: array for input '{inp.name}' has dtype {arr.dtype}; "
+                "save real numbers (float32, or integers such as uint8 pixels)"
+            )
         if arr.ndim == len(inp.shape) - 1:  # a single sample without the batch axis
             arr = arr[None]
         _check_sample_shape(inp, tuple(arr.shape[1:]), origin)
@@ -139,8 +152,15 @@ def array_file_source(
                 loaded = {k: data[k] for k in data.files}
         else:
             loaded = {"x": np.load(path, allow_pickle=False)}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read calibration arrays {path}: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # an empty file is an EOFError (which click would report as "aborted"), a truncated
+        # .npz a BadZipFile or zlib.error
+        # numpy takes any file without the .npy/.npz magic for a pickle (never loaded here)
+        why = "not a .npy/.npz file" if "pickle" in str(exc) else str(exc) or type(exc).__name__
+        raise UserError(
+            f"cannot read calibration arrays {path}: {why}; write them with numpy.save / "
+            "numpy.savez (numbers only, no pickled objects)"
+        ) from exc
     labels = loaded.pop("y", None)
     arrays = _match_arrays(inputs, loaded, str(path))
     if samples is not None:

@@ -80,7 +80,8 @@ def print_table(doc: dict[str, Any]) -> None:
     for column in ("candidate", "precision", "backend", "status", "rel err", "task", "p50 ms"):
         table.add_column(column)
     for c in doc["candidates"]:
-        rel = max((o["rel_max_abs"] or float("inf") for o in c["outputs"]), default=None)
+        errors = [o["rel_max_abs"] for o in c["outputs"]]  # None: not finite
+        rel = max((float("inf") if e is None else e for e in errors), default=None)
         met = c["metrics"]
         task = ""
         if "top1_agreement" in met:

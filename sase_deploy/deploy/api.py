@@ -107,6 +107,10 @@ def _validate(request: DeployRequest) -> None:
 
     for name in request.targets:
         get_target(name)  # UserError naming the known targets
+    checkpoint = request.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        what = "is a folder" if Path(checkpoint).is_dir() else "does not exist"
+        raise UserError(f"checkpoint {checkpoint} {what}; give the path of the weights file")
 
 
 def _model_name(request: DeployRequest) -> tuple[str, Any]:

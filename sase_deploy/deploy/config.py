@@ -65,9 +65,11 @@ def load_config(path: Path) -> dict[str, Any]:
     """The validated config: {output, triton, compare{}, models: [{name, targets, precisions,
     checkpoint, data, eval_data, model_args}]} with model entries completed from the top level."""
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config {path} is not valid TOML: {exc}") from None
     where = str(path)

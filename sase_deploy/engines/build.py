@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,15 @@ from typing import Any
 import onnx
 
 from sase_deploy import __version__
-from sase_deploy._io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from sase_deploy._io import (
+    atomic_path,
+    output_error,
+    output_folder,
+    sha256_file,
+    sweep_stale_temps,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from sase_deploy.engines.flavours import Flavour
 from sase_deploy.engines.plan import BACKENDS, PRECISIONS, plan_backend
 from sase_deploy.engines.targets import Target, check_request, get_target
@@ -161,14 +170,31 @@ def _stem(path: Path) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock so two builds of the same artifact do not interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive lock so two builds of the same artifact do not interleave.
+
+    The folders and the lock file made here are removed again when the block fails (bad input
+    leaves the output folder as it was); an output place that cannot be written is a UserError.
+    """
+    with output_folder(path.parent, path):
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            created = True
+        except FileExistsError:
+            fd, created = os.open(path, os.O_WRONLY), False
+        except OSError as exc:
+            raise output_error(path.parent, exc) from exc
+        with open(fd, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                sweep_stale_temps(path.parent)  # a cache hit writes nothing that would
+                yield
+            except BaseException:
+                if created:  # made for this build, which failed: leave the folder as it was
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _prepare_onnx(
@@ -334,6 +360,20 @@ def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
     return manifest
 
 
+def check_engine_intact(engine: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
+    """UserError when the engine file is not the one its build manifest describes (truncated,
+    overwritten or damaged since the build); manifests without the facts pass."""
+    size, digest = manifest.get("engine_bytes"), manifest.get("artifact_sha256")
+    actual = engine.stat().st_size
+    if (isinstance(size, int) and actual != size) or (
+        isinstance(digest, str) and sha256_file(engine) != digest
+    ):
+        raise UserError(
+            f"{engine} ({actual} bytes) is not the engine {manifest_path.name} describes "
+            "(truncated or replaced since it was built); rebuild it with 'sase-deploy build'"
+        )
+
+
 def _produce(
     backend: str,
     flavour: Flavour | None,
@@ -415,6 +455,7 @@ __all__ = [
     "BuildRequest",
     "BuildResult",
     "build",
+    "check_engine_intact",
     "graph_precision",
     "plan_backend",
 ]

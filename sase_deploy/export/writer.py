@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from sase_deploy._io import is_output_failure, output_error, output_folder
+from sase_deploy._io import is_output_failure, output_error, output_folder, sweep_stale_temps
 
 # protobuf cannot serialise a message over 2 GiB; stay clear of the limit.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -48,8 +48,9 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
     output place that cannot be written is a `UserError`, as with `atomic_path`.
     """
     with output_folder(final_dir, final_dir):
+        sweep_stale_temps(final_dir)  # left by an export that was killed
         try:
-            path = Path(tempfile.mkdtemp(prefix=".sase-export.", dir=final_dir))
+            path = Path(tempfile.mkdtemp(prefix=f".sase-export.{os.getpid()}.", dir=final_dir))
         except OSError as exc:
             raise output_error(final_dir, exc) from exc
         try:

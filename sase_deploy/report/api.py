@@ -58,11 +58,14 @@ class CompareOptions:
     seed: int = 0
 
 
-def _accuracy_batch(candidates: Sequence[Candidate], batches: Sequence[int]) -> int | None:
-    """The batch every runnable ONNX candidate accepts: its fixed batch, else the largest asked."""
+def _accuracy_batch(
+    candidates: Sequence[Candidate], batches: Sequence[int], reference_batch: int | None = None
+) -> int | None:
+    """The batch the reference and every runnable ONNX candidate accept: their fixed batch,
+    else the largest asked."""
     from sase_deploy.rewrite.api import load_onnx
 
-    fixed = set()
+    fixed = {reference_batch} if reference_batch is not None else set()
     for c in candidates:
         if c.kind == "onnx" and c.blocker is None:
             found = model_batch(graph_inputs(load_onnx(c.path)))
@@ -70,8 +73,8 @@ def _accuracy_batch(candidates: Sequence[Candidate], batches: Sequence[int]) -> 
                 fixed.add(found)
     if len(fixed) > 1:
         raise UserError(
-            f"the ONNX candidates fix different batch sizes {sorted(fixed)}; compare models "
-            "exported with one batch size (or --dynamic-batch)"
+            f"the ONNX reference and candidates fix different batch sizes {sorted(fixed)}; "
+            "compare models exported with one batch size (or --dynamic-batch)"
         )
     return fixed.pop() if fixed else None
 
@@ -177,7 +180,7 @@ def compare(
     stage = on_stage or (lambda _name: None)
     if not candidates:
         raise UserError("nothing to compare: give at least one candidate (ONNX file or engine)")
-    fixed = _accuracy_batch(candidates, opts.batches)
+    fixed = _accuracy_batch(candidates, opts.batches, reference.fixed_batch)
     source: CalibrationSource = open_reference_data(reference, opts.data, opts.samples, opts.seed)
     if fixed is not None:
         from sase_deploy.calibration.sources import FixedBatchSource

@@ -120,6 +120,9 @@ def _artifact_candidate(path: Path, name: str, kind: str) -> Candidate:
     if kind == "bundle":
         why = "built, not run: a bundle builds its engine on the device (bash build.sh)"
         return Candidate(name, path, kind, manifest["precision"], backend, target, facts, why)
+    from sase_deploy.engines.build import check_engine_intact
+
+    check_engine_intact(path, manifest, manifest_path)
     blocker = engine_blocker(manifest)
 
     def make_runner() -> Runner:

@@ -23,6 +23,7 @@ from sase_deploy.calibration.sources import (
     LatentSource,
     graph_inputs,
     manifest_model_name,
+    model_batch,
     open_data,
     registry_preprocess,
 )
@@ -45,6 +46,7 @@ class Reference:
     model_name: str | None  # registry name, when known
     make_runner: Callable[[], Runner]
     checkpoint: dict[str, Any] | None = None
+    fixed_batch: int | None = None  # an ONNX reference exported without --dynamic-batch
 
 
 def _task_from_outputs(model_name: str | None, output_ranks: list[int]) -> str:
@@ -77,6 +79,7 @@ def _onnx_reference(path: Path) -> Reference:
         _task_from_outputs(name, ranks),
         name,
         lambda: OrtRunner(path),
+        fixed_batch=model_batch(graph_inputs(model)),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,54 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
                 f"{path}: external data '{info.location}' lies outside the model's folder; "
                 "move the data next to the model"
             )
-    onnx.external_data_helper.load_external_data_for_model(model, os.fspath(folder))
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, os.fspath(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:  # missing, short
+        raise UserError(
+            f"{path}: cannot read its external data ({exc}); keep the data files beside the model"
+        ) from exc
     if not model.graph.node:
         raise UserError(f"{path} has an empty graph; pass an exported model")
+    check_runnable(model, path)
     return model
+
+
+# Domains whose ops ONNX Runtime runs without a plug-in (the standard ones and ORT's contrib ops).
+RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def check_runnable(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """UserError for a model no backend here can load: an opset newer than this `onnx` knows,
+    or an op that is neither standard ONNX (nor ORT contrib) nor a function of the model."""
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise UserError(
+                f"{path} uses ONNX opset {entry.version}, newer than the {newest} this "
+                "installation supports; re-export with --opset 18 (or upgrade onnx/onnxruntime)"
+            )
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in _all_nodes(model.graph):
+        if (node.domain, node.op_type) in local:
+            continue
+        known = node.domain == "com.microsoft" or (
+            node.domain in RUNNABLE_DOMAINS
+            and onnx.defs.has(node.op_type, "" if node.domain == "ai.onnx" else node.domain)
+        )
+        if not known:
+            op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            raise UserError(
+                f"{path}: node '{node.name or node.output[0]}' is operator {op}, which is not "
+                "standard ONNX nor defined in the model; export without custom ops"
+            )
 
 
 def fuse_file(

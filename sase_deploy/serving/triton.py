@@ -151,11 +151,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _engine_source(engine: Path) -> _EngineSource:
     """Read the manifest beside `engine`: `sase-deploy build`'s `<stem>.manifest.json`, or the
     `manifest.json` of the bundle whose build.sh wrote the engine on the device."""
-    from sase_deploy.engines.build import _sha256_model
+    from sase_deploy.engines.build import _sha256_model, check_engine_intact
 
     build_manifest = engine.with_suffix(".manifest.json")
     if build_manifest.is_file():
         facts = _read_json(build_manifest)
+        check_engine_intact(engine, facts, build_manifest)
         built = facts.get("built_onnx") or {}
         if not built.get("path"):
             raise UserError(f"{build_manifest} names no built_onnx; rebuild with sase-deploy build")
