@@ -14,7 +14,6 @@ import onnx
 import pytest
 import torch
 
-from sase_deploy.errors import ParityError
 from sase_deploy.export import export_model
 from sase_deploy.export.graph import RANDOM_OPS
 from sase_deploy.models.registry import get_model_spec, list_model_specs
@@ -24,24 +23,10 @@ STATIC_ONLY = {"fastgan_slim_1024"}  # big: exported at batch 1 only, to keep th
 TOLERANCE = 1e-4
 
 
-# Registered models whose random-init weights sit where fp32 parity at 1e-4 is out of reach for
-# reasons outside export (measured at torch.manual_seed(0); strict: a fix upstream makes the
-# test fail until the mark is removed).
-KNOWN_PARITY_LIMITS = {
-    # Ill-conditioned at random init: PyTorch fp32 itself differs from fp64 by 2.4e-2 x scale on
-    # img_1024 (ORT: 2.4e-2 too), so no fp32 backend can agree with PyTorch to 1e-4.
-    "fastgan_slim_1024": "random-init img_1024 is ill-conditioned in fp32 (torch fp32 vs fp64: "
-    "2.4e-2 x scale)",
-}
-
-
 def _params() -> list[Any]:
     params = []
     for spec in list_model_specs():
         marks: list[Any] = [] if spec.name in FAST else [pytest.mark.slow]
-        if spec.name in KNOWN_PARITY_LIMITS:
-            reason = KNOWN_PARITY_LIMITS[spec.name]
-            marks.append(pytest.mark.xfail(strict=True, raises=ParityError, reason=reason))
         params.append(pytest.param(spec.name, marks=marks))
     return params
 
@@ -56,10 +41,7 @@ def _export(cache: dict[str, dict[str, Any]], folder: Path, name: str) -> dict[s
         spec = get_model_spec(name)
         dynamic = spec.dynamic_batch and name not in STATIC_ONLY
         torch.manual_seed(0)  # the zoo draws random weights: make every run the same
-        # Known-limit models skip fusion so the xfail tests exactly the stated reason (fusion's
-        # own self-check trips over the same ill-conditioning first).
-        fuse = name not in KNOWN_PARITY_LIMITS
-        result = export_model(name, folder / f"{name}.onnx", dynamic_batch=dynamic, fuse=fuse)
+        result = export_model(name, folder / f"{name}.onnx", dynamic_batch=dynamic)
         cache[name] = {
             "manifest": json.loads(result.manifest_path.read_text()),
             "model": onnx.load(str(result.onnx_path)),

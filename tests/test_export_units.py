@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper
 from torch import nn
 
 from sase_deploy.errors import UserError
-from sase_deploy.export import parse_model_args, parse_shape
+from sase_deploy.export import export_model, parse_model_args, parse_shape
+from sase_deploy.export.exporters import Exporter
 from sase_deploy.export.graph import name_nodes, random_nodes
-from sase_deploy.export.lowering import lower_for_export, record_pool_inputs
+from sase_deploy.export.lowering import (
+    LowerUnevenAdaptivePools,
+    lower_for_export,
+    record_pool_inputs,
+)
 from sase_deploy.models.pooling import ExportableAdaptiveAvgPool2d
 
 
@@ -71,6 +79,101 @@ def test_nothing_to_lower_returns_the_model_itself():
     with record_pool_inputs(model) as seen, torch.no_grad():
         model(torch.randn(1, 3, 9, 9))
     assert lower_for_export(model, seen) == (model, [])
+
+
+class _Squeeze(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 3)  # a functional call inside a submodule
+
+
+class _FunctionalPools(nn.Module):
+    """F.adaptive_avg_pool2d in forward, even and uneven, plus a pool module reused at two
+    sizes (not swappable: the function mode lowers each of its uneven calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.squeeze = _Squeeze()
+        self.shared = nn.AdaptiveAvgPool2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        parts = [
+            F.adaptive_avg_pool2d(x, (3, 3)),  # 8 -> 3: uneven
+            F.adaptive_avg_pool2d(x, 4),  # 8 -> 4: even, left to the exporter
+            F.adaptive_avg_pool2d(x, output_size=(None, 3)),  # keeps the height, uneven width
+            self.squeeze(x),
+            self.shared(x),  # 8 -> 3: uneven
+            self.shared(x[..., :6, :6]),  # 6 -> 3: even
+        ]
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
+
+
+def test_functional_uneven_pools_are_lowered_exactly_and_leave_the_original():
+    model = _FunctionalPools().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with record_pool_inputs(model) as seen, torch.no_grad():
+        want = model(x)
+    lowered, done = lower_for_export(model, seen)
+    assert sorted((d.module, d.original) for d in done) == [
+        ("", "F.adaptive_avg_pool2d(3x3) in forward"),
+        ("", "F.adaptive_avg_pool2d(8x3) in forward"),
+        ("shared", "AdaptiveAvgPool2d(3x3)"),
+        ("squeeze", "F.adaptive_avg_pool2d(3x3) in forward"),
+    ]
+    assert lowered is not model and isinstance(lowered.shared, nn.AdaptiveAvgPool2d)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), want, rtol=0, atol=1e-12)
+        # the copy really runs the matrix pools: the uneven ATen op is never reached
+        with torch.autograd.profiler.profile() as prof:
+            lowered(x)
+    calls = [e.key for e in prof.key_averages()]
+    assert "aten::_adaptive_avg_pool2d" in calls  # the even 8 -> 4 and 6 -> 3 pools
+    assert "aten::matmul" in calls
+    assert "forward" not in vars(model)  # the original keeps its class forward, no hooks
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_pool_mode_only_rewrites_uneven_bins():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    with LowerUnevenAdaptivePools():
+        uneven = F.adaptive_avg_pool2d(x, (3, 5))
+    torch.testing.assert_close(uneven, F.adaptive_avg_pool2d(x, (3, 5)), rtol=0, atol=1e-12)
+    with torch.autograd.profiler.profile() as prof, LowerUnevenAdaptivePools():
+        F.adaptive_avg_pool2d(x, 4)
+    assert "aten::_adaptive_avg_pool2d" in [e.key for e in prof.key_averages()]
+
+
+class _FunctionalPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.conv(x), (3, 3))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_functional_uneven_pool_exports_with_either_exporter(exporter: Exporter, tmp_path: Path):
+    """Unlowered, dynamo emits ~20 Gathers and a GatherND and TorchScript refuses the call."""
+    torch.manual_seed(0)
+    result = export_model(
+        _FunctionalPool().eval(),
+        tmp_path / "p.onnx",
+        input_shapes=[(1, 3, 8, 8)],
+        exporter=exporter,
+        dynamic_batch=True,
+        fuse=False,
+    )
+    manifest = result.manifest
+    assert manifest["exporter"] == exporter
+    assert [(e["module"], e["original"]) for e in manifest["lowerings"]] == [
+        ("", "F.adaptive_avg_pool2d(3x3) in forward")
+    ]
+    ops = {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
+    assert ops == {"Conv", "MatMul"}
+    assert [run["batch"] for run in manifest["parity"]["runs"]] == [1, 4]
+    assert manifest["parity"]["worst_rel_max_abs"] <= 1e-5
 
 
 def _graph_with(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:

@@ -158,25 +158,23 @@ def _fp16(run: _Run, export: Path) -> Path:
     return run.step("fp16", facts, lambda: [convert_onnx(export, dest, precision="fp16").output])[0]
 
 
-def _calibration_data(run: _Run, name: str, task: str) -> str | None:
-    """`--data`, else the model's own calibration set (digits: shipped arrays; generators:
-    latents), else None."""
+def _calibration_data(run: _Run, spec: Any, task: str) -> str | None:
+    """`--data`, else the model's own calibration split (written from the package's data), else
+    seeded latents for generators, else None."""
     if run.request.data is not None:
         return run.request.data
-    if name in ("se_resnet_digits", "sase_resnet_digits"):
-        from sase_deploy.models.digits_data import write_digits_npz
-
-        path = run.request.output / "calibration" / "digits_calibration.npz"
+    if spec is not None and spec.write_data is not None:
+        path = run.request.output / "calibration" / f"{spec.name}.calibration-data.npz"
         if not path.is_file():
-            write_digits_npz(path, "calibration")
+            spec.write_data(path, "calibration")
         return str(path)
     return "latent" if task == "generation" else None
 
 
-def _int8_data(run: _Run, name: str, task: str) -> str | None:
+def _int8_data(run: _Run, name: str, spec: Any, task: str) -> str | None:
     """The calibration data for INT8, checked before any work; None (with a note) when the
     model has none and int8 was only a default."""
-    data = _calibration_data(run, name, task)
+    data = _calibration_data(run, spec, task)
     if data is not None and not data.startswith("latent") and not Path(data).exists():
         raise UserError(f"--data {data} does not exist; give a folder, .npy/.npz or 'latent'")
     if data is None and run.request.precisions_given:
@@ -264,7 +262,7 @@ def _compare(run: _Run, artifacts: Sequence[Path], task: str) -> tuple[dict[str,
     from sase_deploy.report.api import compare
     from sase_deploy.report.candidates import resolve_candidates
     from sase_deploy.report.output import write_reports
-    from sase_deploy.report.reference import load_reference
+    from sase_deploy.report.reference import load_reference, shipped_data
 
     request = run.request
     run.stage("compare")
@@ -273,7 +271,7 @@ def _compare(run: _Run, artifacts: Sequence[Path], task: str) -> tuple[dict[str,
         model_args=request.model_args,
     )  # fmt: skip
     eval_data = request.eval_data
-    own_data = reference.model_name in ("se_resnet_digits", "sase_resnet_digits")
+    own_data = shipped_data(reference.model_name) is not None
     if eval_data is None and not own_data and task != "generation" and request.data:
         eval_data = request.data
         run.notes.append("compared on the calibration data (--data); pass --eval-data for held-out")
@@ -307,7 +305,7 @@ def deploy(request: DeployRequest, on_stage: Stage | None = None) -> DeployResul
     name, source = _model_name(request)
     task = source.spec.task if source.spec is not None else "other"
     run = _Run(request, DeployState(request.output), on_stage or (lambda _s: None))
-    data = _int8_data(run, name, task) if "int8" in request.precisions else None
+    data = _int8_data(run, name, source.spec, task) if "int8" in request.precisions else None
     export = _export(run, name, source)
     onnx_models = [export] if "fp32" in request.precisions else []
     if "fp16" in request.precisions:

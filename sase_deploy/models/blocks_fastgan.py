@@ -75,11 +75,13 @@ def calibrate_batchnorm(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:
     For randomly initialised models only: spectral-normed layers and GLUs shrink activations,
     and with fresh stats (mean 0, var 1) eval outputs end up ~1e-5, useless for FP16/INT8
     parity checks. A forward pre-hook gives each BN, before it runs, running mean 0 and running
-    var = the per-channel mean square of the input it actually receives, so every later layer
-    sees features of unit RMS. Not the centred variance: at high resolution a batch-1 map is
-    smooth, its spatial std is small next to its mean, and dividing by it amplifies rounding
-    error ~1000x by 1024 px (float32 vs float64 outputs then differ by 1e-2). The model's
-    mode is restored; checkpoints overwrite these buffers.
+    var = the per-channel mean square of the input it actually receives (over the batch and
+    the map), so every later layer sees features of unit RMS. Not the centred variance: at
+    high resolution a map is smooth, its spatial std is small next to its mean, and dividing
+    by it amplifies rounding error ~1000x by 1024 px. Pass a batch of several inputs: a
+    BatchNorm1d (or a BN over a tiny map) calibrated on one sample divides every other input by
+    that sample's own, possibly tiny, per-channel values, which makes the network chaotic. The
+    model's mode is restored; checkpoints overwrite these buffers.
     """
 
     def set_stats(bn: nn.Module, args: tuple[torch.Tensor, ...]) -> None:

@@ -21,7 +21,12 @@ import torch
 
 from sase_deploy._io import write_bytes_atomic
 from sase_deploy.errors import UserError
-from sase_deploy.models.digits_data import TRAIN_PIXEL_MEAN, TRAIN_PIXEL_STD, digits_asset
+from sase_deploy.models.digits_data import (
+    TRAIN_PIXEL_MEAN,
+    TRAIN_PIXEL_STD,
+    digits_asset,
+    write_digits_npz,
+)
 from sase_deploy.models.resnets import ResNet, SASEBottleneck, SEBasicBlock
 from sase_deploy.models.spec import InputSpec, ModelSpec, Preprocess
 
@@ -146,6 +151,7 @@ SPECS: tuple[ModelSpec, ...] = (
         preprocess=DIGITS_PREPROCESS,
         source="Hu et al., CVPR 2018 (torchvision-style layout)",
         checkpoint=functools.partial(digits_checkpoint_file, "se_resnet_digits"),
+        write_data=write_digits_npz,
     ),
     ModelSpec(
         name="sase_resnet_digits",
@@ -159,5 +165,6 @@ SPECS: tuple[ModelSpec, ...] = (
         preprocess=DIGITS_PREPROCESS,
         source="reconstruction",
         checkpoint=functools.partial(digits_checkpoint_file, "sase_resnet_digits"),
+        write_data=write_digits_npz,
     ),
 )

@@ -49,6 +49,12 @@ Attention = Literal["sle", "slim"]
 NZ = 256
 NGF = 64
 SUPPORTED_SIZES = (256, 1024)
+# Latents in the BatchNorm calibration forward of `settle`. One is not enough: each SLIM
+# channel branch's BatchNorm1d then sees a single value per channel and divides every other
+# latent by it (gains up to 2e3 at random init), so features grew to RMS ~30 by 1024 px and
+# float32 img_1024 was 2e-2 x scale away from float64. With 4, every BatchNorm gain stays
+# below ~30 and features at unit RMS through the whole stack (float32 vs float64 ~3e-5).
+CALIBRATION_LATENTS = 4
 _NFC_MULTIPLIER = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
 
 
@@ -115,8 +121,9 @@ class FastGANGenerator(nn.Module):
         with_tanh: tanh on both outputs; None = official default (only at 1024).
         noise: see the module docstring.
         settle: make a randomly initialised model usable in eval mode: spectral-norm power
-            iterations (else eval weights blow up) and BatchNorm running stats from one batch-1
-            forward (else outputs are ~1e-5). A loaded checkpoint overwrites both.
+            iterations (else eval weights blow up) and BatchNorm running stats from one forward
+            of `CALIBRATION_LATENTS` seeded latents (else outputs are ~1e-5). A loaded
+            checkpoint overwrites both.
     """
 
     def __init__(
@@ -171,7 +178,7 @@ class FastGANGenerator(nn.Module):
         # on the meta device (shapes only), where `sase-deploy models` counts parameters.
         if settle and self.to_big.weight_orig.device.type != "meta":
             settle_spectral_norm(self)
-            z = torch.randn((1, nz), generator=torch.Generator().manual_seed(0))
+            z = torch.randn((CALIBRATION_LATENTS, nz), generator=torch.Generator().manual_seed(0))
             calibrate_batchnorm(self, z)
         self.set_noise(noise)
 

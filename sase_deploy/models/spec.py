@@ -74,6 +74,9 @@ class ModelSpec:
     inputs_fn: Callable[..., tuple[InputSpec, ...]] | None = None
     # Trained weights the package ships (the digits classifiers): used when no -c is given.
     checkpoint: Callable[[], Path] | None = None
+    # Data the package ships for it: write_data(path, "eval" | "calibration") writes that split
+    # as an .npz `--data` reads (eval with labels `y`); `deploy` and `compare` default to it.
+    write_data: Callable[..., Path] | None = None
 
     def input_specs(self, **model_kwargs: Any) -> tuple[InputSpec, ...]:
         if self.inputs_fn is not None:

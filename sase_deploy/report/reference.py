@@ -9,6 +9,7 @@ evaluation split (with labels, so accuracy is real); everything else seeded norm
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from sase_deploy.calibration.sources import (
-    ArraySource,
     CalibrationSource,
     GraphInput,
     LatentSource,
+    array_file_source,
     graph_inputs,
     manifest_model_name,
     model_batch,
@@ -81,6 +82,15 @@ def _onnx_reference(path: Path) -> Reference:
         lambda: OrtRunner(path),
         fixed_batch=model_batch(graph_inputs(model)),
     )
+
+
+def shipped_data(model_name: str | None) -> Callable[..., Path] | None:
+    """The writer of the data a registered model ships (`ModelSpec.write_data`), if any."""
+    if model_name is None:
+        return None
+    from sase_deploy.models.registry import get_model_spec
+
+    return get_model_spec(model_name).write_data
 
 
 def default_checkpoint(model_name: str | None) -> Path | None:
@@ -157,15 +167,13 @@ def open_reference_data(
         return open_data(
             data, reference.inputs, count, registry_preprocess(reference.model_name), seed
         )
-    if reference.model_name in ("se_resnet_digits", "sase_resnet_digits"):
-        from sase_deploy.models.digits_data import digits_eval_arrays
-
-        x, y = digits_eval_arrays()
-        count = samples if samples is not None else len(x)  # the whole held-out split
-        arrays = {reference.inputs[0].name: x[:count]}
-        return ArraySource(
-            arrays, origin="digits evaluation split (package data)", label_array=y[:count]
-        )
+    writer = shipped_data(reference.model_name)
+    if writer is not None:  # the model's own held-out split, whole unless --samples says
+        with tempfile.TemporaryDirectory(prefix="sase-deploy-eval-") as tmp:
+            path = writer(Path(tmp) / "eval.npz", "eval")
+            source = array_file_source(path, reference.inputs, samples)
+        source.origin = f"{reference.model_name} evaluation split (package data)"
+        return source
     if any(d is None for i in reference.inputs for d in i.shape[1:]):
         raise UserError(
             "the reference has dynamic non-batch input dims; pass --data with arrays of the "
