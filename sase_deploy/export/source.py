@@ -50,7 +50,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     cleaned = text.strip().lower().replace(",", "x")
     if not _SHAPE_RE.match(cleaned) or any(int(d) < 1 for d in cleaned.split("x")):
         raise UserError(
-            f"bad --input-shape '{text}': write positive sizes joined by 'x', e.g. 1x3x224x224"
+            f"bad --input-shape {text!r}: write positive sizes joined by 'x', e.g. 1x3x224x224"
         )
     return tuple(int(d) for d in cleaned.split("x"))
 
@@ -61,7 +61,7 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise UserError(f"bad --model-arg '{pair}': write key=value, e.g. noise=input")
+            raise UserError(f"bad --model-arg {pair!r}: write key=value, e.g. noise=input")
         try:
             value: Any = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
