@@ -258,3 +258,12 @@ def test_concurrent_builds_of_one_artifact(digits: dict[str, Path], tmp_path: Pa
     engine = Path(results[0]["artifact"])
     assert hashlib.sha256(engine.read_bytes()).hexdigest() == manifest["artifact_sha256"]
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+@needs_rtx
+def test_engines_deserialise_without_host_code_unless_asked() -> None:
+    from sase_deploy.engines.tensorrt import TrtRunner, engine_runtime
+
+    assert engine_runtime(RTX).engine_host_code_allowed is False
+    assert engine_runtime(RTX, allow_host_code=True).engine_host_code_allowed is True
+    assert TrtRunner(b"", RTX).allow_host_code is False

@@ -181,21 +181,37 @@ def build_engine(onnx_path: Path, flavour: Flavour, options: BuildOptions) -> En
     return EngineBuild(bytes(engine), seconds, layers, log)
 
 
+def engine_runtime(flavour: Flavour, allow_host_code: bool = False) -> Any:
+    """A TensorRT runtime to deserialize engines with; host code embedded in an engine (plugins
+    compiled into it) runs only when `allow_host_code` is True -- an engine from someone else
+    is code, and this keeps it from executing on the host unless asked."""
+    trt = trt_module(flavour)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    if hasattr(runtime, "engine_host_code_allowed"):  # TensorRT >= 10 and TensorRT-RTX
+        runtime.engine_host_code_allowed = allow_host_code
+    return runtime
+
+
 class TrtRunner(Runner):
-    """A serialized engine run by Polygraphy's TrtRunner (needs a GPU of its compute capability)."""
+    """A serialized engine run by Polygraphy's TrtRunner (needs a GPU of its compute capability).
+
+    `allow_host_code`: see `engine_runtime` (off by default).
+    """
 
     name = "tensorrt"
 
-    def __init__(self, engine: bytes | Path, flavour: Flavour) -> None:
+    def __init__(self, engine: bytes | Path, flavour: Flavour, allow_host_code: bool = False):
         super().__init__()
         self.engine = engine
         self.flavour = flavour
+        self.allow_host_code = allow_host_code
         self._runner: Any = None
 
     def activate_impl(self) -> None:
         ptrt = polygraphy_trt(self.flavour)
         data = self.engine.read_bytes() if isinstance(self.engine, Path) else self.engine
-        self._runner = ptrt.TrtRunner(ptrt.EngineFromBytes(data))
+        runtime = engine_runtime(self.flavour, self.allow_host_code)
+        self._runner = ptrt.TrtRunner(ptrt.EngineFromBytes(data, runtime=runtime))
         self._runner.activate()
 
     def infer_impl(self, feed: Feed) -> Outputs:
