@@ -117,6 +117,9 @@ def test_network_tolerance_follows_the_noise_floor() -> None:
     assert check.network_tolerance == NOISE_FLOOR_FACTOR * 1e-4
     assert check(wrong)[0]
     assert not check(wrong, ["c"])[0]  # the block output still has to match at 1e-5
+    assert check.block_floor == {"c": 0.0}  # measured for the block: ORT agrees exactly
+    check.block_floor["c"] = 1e-4  # a block that differs from itself this much on this CPU
+    assert check.block_tolerance("c") == NOISE_FLOOR_FACTOR * 1e-4 and check(wrong, ["c"])[0]
 
 
 def test_import_graph_reads_identity_of_a_constant_as_the_constant() -> None:
