@@ -267,3 +267,19 @@ def test_engines_deserialise_without_host_code_unless_asked() -> None:
     assert engine_runtime(RTX).engine_host_code_allowed is False
     assert engine_runtime(RTX, allow_host_code=True).engine_host_code_allowed is True
     assert TrtRunner(b"", RTX).allow_host_code is False
+
+
+@needs_rtx
+def test_calibration_of_another_model_is_refused(digits: dict[str, Path], tmp_path: Path) -> None:
+    from sase_deploy.calibration import calibrate_onnx
+
+    calibrate_onnx(digits["se_resnet_digits"], str(digits["data"]), tmp_path / "calib", samples=64)
+    impostor = tmp_path / "se_resnet_digits.onnx"  # same name, other network
+    impostor.write_bytes(digits["sase_resnet_digits"].read_bytes())
+    request = BuildRequest(impostor, "l4", tmp_path / "out", "int8", calibration=tmp_path / "calib")
+    with pytest.raises(UserError, match="calibrated on another model"):
+        build(request)
+    assert not (tmp_path / "out").exists()
+    ok = BuildRequest(digits["se_resnet_digits"], "l4", tmp_path / "out", "int8",
+                      calibration=tmp_path / "calib")  # fmt: skip
+    assert build(ok).artifact.is_file()

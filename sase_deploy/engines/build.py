@@ -239,12 +239,29 @@ def _calibration_file(request: BuildRequest, suffix: str, required: bool) -> Pat
     return None
 
 
+def _check_calibration_model(request: BuildRequest) -> None:
+    """Ranges calibrated on another model (its sha256 in NAME.calib.json) are refused."""
+    calib_json = _calibration_file(request, "calib.json", required=False)
+    if calib_json is None:
+        return
+    try:
+        recorded = json.loads(calib_json.read_text()).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{calib_json} is not a calibration record; re-run calibrate") from None
+    if recorded is not None and recorded != sha256_file(request.onnx):
+        raise UserError(
+            f"{calib_json} was calibrated on another model than {request.onnx} (sha256 differs); "
+            f"re-run 'sase-deploy calibrate {request.onnx} --data SRC -o {request.calibration}'"
+        )
+
+
 def _int8_files(
     request: BuildRequest, out_dir: Path, graph_typed: bool, stage: Stage
 ) -> tuple[Path | None, Path | None]:
     """(Q/DQ ONNX, TensorRT-10 cache) from --calibration, or made from --data. A folder needs
     only what the builder reads: the Q/DQ graph when typed, else the cache (Jetson bundles)."""
     if request.calibration is not None:
+        _check_calibration_model(request)
         int8 = _calibration_file(request, "int8.onnx", required=graph_typed)
         cache = _calibration_file(request, "calib.cache", required=not graph_typed)
         return int8, cache
