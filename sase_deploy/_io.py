@@ -250,6 +250,16 @@ def write_json_atomic(dest: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def sha256_model(path: str | os.PathLike[str]) -> str:
+    """sha256 over a file and any external-data files beside it (`NAME.data*`, as ONNX writes
+    them): what identifies a model on disk. For other files it is a hash of their sha256."""
+    path = Path(path)
+    digest = hashlib.sha256(sha256_file(path).encode())
+    for extra in sorted(path.parent.glob(path.name + ".data*")):
+        digest.update(sha256_file(extra).encode())
+    return digest.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

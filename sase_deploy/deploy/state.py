@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sase_deploy import __version__
-from sase_deploy._io import sha256_file, write_json_atomic
+from sase_deploy._io import sha256_model, write_json_atomic
 
 STATE_FILE = "deploy.state.json"
 STATE_FORMAT = "sase-deploy.deploy-state/1"
@@ -28,12 +28,8 @@ def stage_key(facts: dict[str, Any]) -> str:
 
 
 def file_digest(path: Path | None) -> str | None:
-    """sha256 of a file (None for None); ONNX external data is hashed with its model."""
-    if path is None:
-        return None
-    digest = sha256_file(path)
-    data = path.with_name(path.name + ".data")
-    return f"{digest}+{sha256_file(data)}" if data.is_file() else digest
+    """`sha256_model` of a file (ONNX external data included); None for None."""
+    return None if path is None else sha256_model(path)
 
 
 class DeployState:

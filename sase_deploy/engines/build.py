@@ -30,6 +30,7 @@ from sase_deploy._io import (
     output_error,
     output_folder,
     sha256_file,
+    sha256_model,
     sweep_stale_temps,
     write_bytes_atomic,
     write_json_atomic,
@@ -144,21 +145,13 @@ def _input_profile(
 
 def _hash_inputs(request: BuildRequest) -> dict[str, str | None]:
     """sha256 of every file that decides the artifact's bytes."""
-    found: dict[str, str | None] = {"onnx": _sha256_model(request.onnx)}
+    found: dict[str, str | None] = {"onnx": sha256_model(request.onnx)}
     if request.precision == "int8" and request.calibration is not None:
         for path in sorted(request.calibration.glob(f"{_stem(request.onnx)}.*")):
             found[f"calibration/{path.name}"] = sha256_file(path)
     elif request.precision == "int8" and request.data and Path(request.data).is_file():
         found["data"] = sha256_file(request.data)
     return found
-
-
-def _sha256_model(path: Path) -> str:
-    """sha256 over the ONNX file and any external-data files beside it."""
-    digest = hashlib.sha256(sha256_file(path).encode())
-    for extra in sorted(path.parent.glob(path.name + ".data*")):
-        digest.update(sha256_file(extra).encode())
-    return digest.hexdigest()
 
 
 def _stem(path: Path) -> str:
@@ -342,7 +335,7 @@ def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
             "source_onnx": {"path": str(request.onnx), "precision": source_precision},
             "built_onnx": {
                 "path": str(built_onnx),
-                "sha256": _sha256_model(built_onnx),
+                "sha256": sha256_model(built_onnx),
                 **_plain(made),
             },
         }

@@ -180,7 +180,7 @@ def trtexec_args(
     return args
 
 
-def _inspect_onnx(onnx_path: Path) -> tuple[list[str], list[str]]:
+def inspect_onnx(onnx_path: Path) -> tuple[list[str], list[str]]:
     """(external data files relative to the model, names of inputs with dynamic dims)."""
     import onnx  # lazy: only bundles need it here
 
@@ -387,7 +387,7 @@ def write_bundle(
     for flavour in accepts[1:]:  # a 10-and-11 bundle must suit both option sets
         if unknown := {a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour]:
             raise ValueError(f"trtexec {flavour} has no {sorted(unknown)} (bundle.py bug)")
-    external, dynamic = _inspect_onnx(onnx_path)
+    external, dynamic = inspect_onnx(onnx_path)
     warnings += _warnings(dynamic, shapes, dla_core)
     if cache_path and (note := _cache_warning(cache_path, accepts[0])):
         warnings.append(note)

@@ -151,7 +151,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _engine_source(engine: Path) -> _EngineSource:
     """Read the manifest beside `engine`: `sase-deploy build`'s `<stem>.manifest.json`, or the
     `manifest.json` of the bundle whose build.sh wrote the engine on the device."""
-    from sase_deploy.engines.build import _sha256_model, check_engine_intact
+    from sase_deploy._io import sha256_model
+    from sase_deploy.engines.build import check_engine_intact
 
     build_manifest = engine.with_suffix(".manifest.json")
     if build_manifest.is_file():
@@ -161,7 +162,7 @@ def _engine_source(engine: Path) -> _EngineSource:
         if not built.get("path"):
             raise UserError(f"{build_manifest} names no built_onnx; rebuild with sase-deploy build")
         onnx_path = _locate(Path(built["path"]), build_manifest.parent, engine)
-        if built.get("sha256") and _sha256_model(onnx_path) != built["sha256"]:
+        if built.get("sha256") and sha256_model(onnx_path) != built["sha256"]:
             raise UserError(
                 f"{onnx_path} changed since {engine.name} was built from it; rebuild the engine "
                 "(sase-deploy build) so that its I/O can be read"
@@ -410,9 +411,9 @@ def config_pbtxt(model: TritonModel) -> str:
 
 def _external_files(onnx_path: Path) -> list[str]:
     """External-data files of an ONNX, relative to its folder, each checked to be there."""
-    from sase_deploy.engines.bundle import _inspect_onnx  # also refuses paths leaving the folder
+    from sase_deploy.engines.bundle import inspect_onnx  # also refuses paths leaving the folder
 
-    found = _inspect_onnx(onnx_path)[0]
+    found = inspect_onnx(onnx_path)[0]
     for location in found:
         if not (onnx_path.parent / location).is_file():
             raise UserError(f"{onnx_path}: external data file {location!r} is missing beside it")
