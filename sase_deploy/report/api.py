@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sase_deploy.calibration.sources import CalibrationSource, graph_inputs, model_batch
+from sase_deploy.calibration.sources import CalibrationSource
 from sase_deploy.engines.base import Runner
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
@@ -63,14 +63,8 @@ def _accuracy_batch(
 ) -> int | None:
     """The batch the reference and every runnable ONNX candidate accept: their fixed batch,
     else the largest asked."""
-    from sase_deploy.rewrite.api import load_onnx
-
     fixed = {reference_batch} if reference_batch is not None else set()
-    for c in candidates:
-        if c.kind == "onnx" and c.blocker is None:
-            found = model_batch(graph_inputs(load_onnx(c.path)))
-            if found is not None:
-                fixed.add(found)
+    fixed |= {c.fixed_batch for c in candidates if c.fixed_batch is not None and c.blocker is None}
     if len(fixed) > 1:
         raise UserError(
             f"the ONNX reference and candidates fix different batch sizes {sorted(fixed)}; "

@@ -36,6 +36,7 @@ class Candidate:
     build: dict[str, Any] | None = None
     blocker: str | None = None
     make_runner: Callable[[], Runner] | None = field(default=None, repr=False)
+    fixed_batch: int | None = None  # an ONNX exported with a fixed batch runs only at it
 
 
 def manifest_beside(artifact: Path) -> Path:
@@ -67,10 +68,12 @@ def ort_backend() -> str:
 
 
 def _onnx_candidate(path: Path, name: str) -> Candidate:
+    from sase_deploy.calibration.sources import graph_inputs, model_batch
     from sase_deploy.engines.build import graph_precision
     from sase_deploy.rewrite.api import load_onnx
 
-    precision = graph_precision(load_onnx(path))
+    model = load_onnx(path)
+    precision = graph_precision(model)
     backend = ort_backend()
 
     def make_runner() -> Runner:
@@ -79,7 +82,10 @@ def _onnx_candidate(path: Path, name: str) -> Candidate:
         return OrtCudaRunner(path) if backend == "onnxruntime-cuda" else OrtRunner(path)
 
     target = "cuda" if backend == "onnxruntime-cuda" else "cpu"
-    return Candidate(name, path, "onnx", precision, backend, target, make_runner=make_runner)
+    return Candidate(
+        name, path, "onnx", precision, backend, target, make_runner=make_runner,
+        fixed_batch=model_batch(graph_inputs(model)),
+    )  # fmt: skip
 
 
 def _build_facts(manifest: dict[str, Any], manifest_path: Path) -> dict[str, Any]:
