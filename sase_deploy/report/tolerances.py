@@ -131,5 +131,5 @@ def describe_failure(check: Mapping[str, Any]) -> str:
     if check["metric"] == "nonfinite":
         return f"{where}{int(value)} NaN/Inf values"
     if check["op"] == "<=":
-        return f"{where}{check['metric']} {value:.4g} > {limit:.4g} (over by {value - limit:.3g})"
-    return f"{where}{check['metric']} {value:.4g} < {limit:.4g} (short by {limit - value:.3g})"
+        return f"{where}{check['metric']} {value:.4g} > {limit:.6g} (over by {value - limit:.3g})"
+    return f"{where}{check['metric']} {value:.6g} < {limit:.6g} (short by {limit - value:.3g})"
