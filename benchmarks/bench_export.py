@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from sase_deploy import graph_io
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.export import export_model
-from sase_deploy.export import graph as graph_ops
 from sase_deploy.export.exporters import export_onnx
 from sase_deploy.models.registry import create_model, get_model_spec
 from sase_deploy.models.spec import sample_inputs
@@ -106,7 +106,7 @@ def bench_simplifiers(name: str) -> None:
         ).model
         reference = run_onnx(raw, feed)
         for label, simplify in (
-            ("onnx-graphsurgeon", graph_ops.simplify),
+            ("onnx-graphsurgeon", graph_io.simplify),
             ("onnxslim", onnxslim.slim),
         ):
             start = time.perf_counter()

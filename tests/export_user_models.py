@@ -191,3 +191,49 @@ class StepCounter(nn.Module):
 
 def step_counter() -> nn.Module:
     return StepCounter()
+
+
+class UserStyleSlim(nn.Module):
+    """A SLIM/SASE synthesis block as training code writes it: `chunk`, per-group Linear +
+    BatchNorm1d style vectors reshaped with `view(b, -1, 1, 1)`, per-group mask convs, masks
+    resized to the big map with `F.interpolate(size=(h, w))` read from its runtime shape, and
+    `num / (den + eps)`. TorchScript exports all of that shape arithmetic as graph nodes."""
+
+    def __init__(self, cin: int = 64, cout: int = 16, groups: int = 4) -> None:
+        super().__init__()
+        self.groups = groups
+        cg = cin // groups
+        cr = max(1, cg // 16)
+        self.fc1 = nn.ModuleList(nn.Linear(cg, cr) for _ in range(groups))
+        self.bn = nn.ModuleList(nn.BatchNorm1d(cr) for _ in range(groups))
+        self.fc2 = nn.ModuleList(nn.Linear(cr, cout) for _ in range(groups))
+        self.mask = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(cg, cr, 1),
+                nn.ReLU(),
+                nn.Conv2d(cr, cr, 3, padding=2, dilation=2),
+                nn.ReLU(),
+                nn.Conv2d(cr, 1, 1),
+            )
+            for _ in range(groups)
+        )
+        with torch.no_grad():  # trained-looking BN statistics, so folding them is exercised
+            for bn in self.bn:
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, xs: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = xb.size()
+        num: torch.Tensor | float = 0.0
+        den: torch.Tensor | float = 0.0
+        for g, x in enumerate(xs.chunk(self.groups, dim=1)):
+            style = self.fc2[g](F.relu(self.bn[g](self.fc1[g](x.mean(dim=(2, 3))))))
+            mask = F.interpolate(torch.sigmoid(self.mask[g](x)), size=(h, w), mode="nearest")
+            num = num + mask * style.view(b, -1, 1, 1)
+            den = den + mask
+        return xb * (num / (den + 1e-6) + 1)
+
+
+def user_style_slim() -> nn.Module:
+    torch.manual_seed(0)
+    return UserStyleSlim().eval()

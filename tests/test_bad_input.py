@@ -9,6 +9,7 @@ and a fixed-batch digits model, calibration data, an engine) are built once per 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,33 @@ class Ctx:
                     entry.version = 99
 
         return self.onnx_variant("opset99.onnx", edit)
+
+    def opset11(self) -> str:
+        """The good model claiming opset 11 (older than any form the stages read)."""
+
+        def edit(model: onnx.ModelProto) -> None:
+            for entry in model.opset_import:
+                if entry.domain in ("", "ai.onnx"):
+                    entry.version = 11
+
+        return self.onnx_variant("opset11.onnx", edit)
+
+    def ir_too_new(self) -> str:
+        def edit(model: onnx.ModelProto) -> None:
+            model.ir_version = onnx.IR_VERSION + 1
+
+        return self.onnx_variant("ir_new.onnx", edit)
+
+    def unsorted(self) -> str:
+        """The good model with its nodes reversed: ORT runs it, onnx.checker and TensorRT's
+        parser refuse it."""
+
+        def edit(model: onnx.ModelProto) -> None:
+            nodes = list(model.graph.node)
+            del model.graph.node[:]
+            model.graph.node.extend(reversed(nodes))
+
+        return self.onnx_variant("unsorted.onnx", edit)
 
     def external_outside(self, absolute: bool) -> str:
         """The good model with its weights as external data in a file outside its folder."""
@@ -316,6 +344,9 @@ CASES = [
     P(lambda c: ["fuse", c.garbage("m.onnx"), "-o", c.out("f.onnx")], id="fuse-onnx-garbage"),
     P(lambda c: ["fuse", c.custom_op(), "-o", c.out("f.onnx")], id="fuse-custom-op"),
     P(lambda c: ["fuse", c.opset99(), "-o", c.out("f.onnx")], id="fuse-opset-too-new"),
+    P(lambda c: ["fuse", c.opset11(), "-o", c.out("f.onnx")], id="fuse-opset-too-old"),
+    P(lambda c: ["fuse", c.ir_too_new(), "-o", c.out("f.onnx")], id="fuse-ir-too-new"),
+    P(lambda c: ["fuse", c.unsorted(), "-o", c.out("f.onnx")], id="fuse-checker-fails"),
     P(
         lambda c: ["fuse", c.external_outside(False), "-o", c.out("f.onnx")],
         id="fuse-external-data-dotdot",
@@ -352,6 +383,7 @@ CASES = [
     P(lambda c: _calibrate(c, c.garbage("m.onnx"), c.a.calib), id="calibrate-onnx-garbage"),
     P(lambda c: _calibrate(c, c.custom_op(), c.a.calib), id="calibrate-custom-op"),
     P(lambda c: _calibrate(c, c.opset99(), c.a.calib), id="calibrate-opset-too-new"),
+    P(lambda c: _calibrate(c, c.unsorted(), c.a.calib), id="calibrate-checker-fails"),
     P(
         lambda c: _calibrate(c, c.external_outside(False), c.a.calib),
         id="calibrate-external-data-dotdot",
@@ -443,6 +475,7 @@ CASES = [
     P(lambda c: _convert(c, c.garbage("m.onnx")), id="convert-onnx-garbage"),
     P(lambda c: _convert(c, c.custom_op()), id="convert-custom-op"),
     P(lambda c: _convert(c, c.opset99()), id="convert-opset-too-new"),
+    P(lambda c: _convert(c, c.opset11()), id="convert-opset-too-old"),
     P(lambda c: _convert(c, c.external_outside(False)), id="convert-external-data-dotdot"),
     P(lambda c: _convert(c, c.external_outside(True)), id="convert-external-data-absolute"),
     P(lambda c: _convert(c, c.a.dyn, "--precision", "int4"), id="convert-unknown-precision"),
@@ -471,6 +504,7 @@ CASES = [
     P(lambda c: _build(c, c.garbage("m.onnx")), id="build-onnx-garbage"),
     P(lambda c: _build(c, c.custom_op()), id="build-custom-op"),
     P(lambda c: _build(c, c.opset99()), id="build-opset-too-new"),
+    P(lambda c: _build(c, c.unsorted()), id="build-checker-fails"),
     P(lambda c: _build(c, c.external_outside(False)), id="build-external-data-dotdot"),
     P(lambda c: _build(c, c.external_outside(True)), id="build-external-data-absolute"),
     P(lambda c: ["build", str(c.a.dyn), "-t", "nope", "-o", c.out("")], id="build-unknown-target"),
@@ -708,6 +742,28 @@ def test_bad_input(
         "gone": sorted(set(before) - set(after)),
         "changed": sorted(k for k in set(after) & set(before) if after[k] != before[k]),
     }
+
+
+# Every command that reads ONNX refuses data outside the model's folder with the same words.
+OUTSIDE_CASES = [case for case in CASES if "external-data-dotdot" in str(case.id)]
+OUTSIDE_MESSAGE = re.compile(
+    r"error: \S+/model/m\.onnx: external data '\.\./weights\.bin' lies outside the model's "
+    r"folder; move the data next to the model"
+)
+
+
+def test_external_data_cases_cover_every_onnx_command() -> None:
+    commands = {str(case.id).split("-external")[0] for case in OUTSIDE_CASES}
+    assert commands == {"fuse", "calibrate", "convert", "build", "compare", "triton"}
+
+
+@pytest.mark.parametrize("make", OUTSIDE_CASES)
+def test_external_data_outside_is_one_message(
+    make: Case, assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(capsys, make(Ctx(assets, tmp_path)))
+    assert result.code == 2
+    assert OUTSIDE_MESSAGE.fullmatch(result.stderr.strip()), result.stderr
 
 
 # A few cases through a real process: no warnings or progress output break the one line.

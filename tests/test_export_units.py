@@ -14,12 +14,13 @@ from torch import nn
 from sase_deploy.errors import UserError
 from sase_deploy.export import export_model, parse_model_args, parse_shape
 from sase_deploy.export.exporters import Exporter
-from sase_deploy.export.graph import name_nodes, random_nodes
+from sase_deploy.export.graph import random_nodes
 from sase_deploy.export.lowering import (
     LowerUnevenAdaptivePools,
     lower_for_export,
     record_pool_inputs,
 )
+from sase_deploy.graph_io import name_nodes
 from sase_deploy.models.pooling import ExportableAdaptiveAvgPool2d
 
 

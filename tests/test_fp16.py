@@ -124,7 +124,7 @@ def test_convert_auto_keep_with_data(run_cli, sase_onnx: Path, tmp_path: Path) -
 
 def test_convert_errors_are_user_errors(run_cli, tmp_path: Path, sase_onnx: Path) -> None:  # type: ignore[no-untyped-def]
     missing = run_cli("convert", str(tmp_path / "nope.onnx"), "--json")
-    assert missing.code == 2 and "not found" in missing.stderr
+    assert missing.code == 2 and "no such ONNX file" in missing.stderr
     no_data = run_cli(
         "convert", str(sase_onnx), "--auto-keep", "0.1", "-o", str(tmp_path / "a.onnx")
     )

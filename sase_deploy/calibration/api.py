@@ -27,6 +27,7 @@ from sase_deploy.calibration.sources import (
     registry_preprocess,
 )
 from sase_deploy.errors import UserError
+from sase_deploy.graph_io import canonicalise, load_onnx, save_onnx
 from sase_deploy.models.spec import Preprocess
 
 CALIB_FORMAT = "sase-deploy.calib/1"
@@ -36,14 +37,10 @@ FP16_CANDIDATE_OPS = (
 )  # fmt: skip
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """The model at `path`, checked as `fuse` checks it: readable, not empty, external data
-    inside its folder, an opset and ops that ONNX Runtime runs (else a UserError)."""
-    from sase_deploy.rewrite.api import load_onnx as load_checked
-
-    if not Path(path).is_file():
-        raise UserError(f"ONNX model {path} not found; export one with 'sase-deploy export'")
-    return load_checked(path)
+def _load(path: Path) -> onnx.ModelProto:
+    """The model at `path`, checked (`graph_io.load_onnx`) and canonicalised with unique node
+    names (ORT's quantizer selects nodes by name), whichever exporter wrote it."""
+    return canonicalise(load_onnx(path))
 
 
 def _model_stem(path: Path) -> str:
@@ -187,11 +184,10 @@ def calibrate_onnx(
     if method == "percentile" and not 0 < percentile <= 100:
         raise UserError(f"--percentile {percentile:g}: give a value in (0, 100], e.g. 99.99")
     trt_cache.trt_version_code(trt_version)  # validate before any work
-    model = load_onnx(path)
+    named = _load(path)
     paths = _artifact_paths(path, output_dir)
     check_writable(*paths)  # before minutes of calibration, not after
     model_name = _resolve_model_name(path, model_name)
-    named = graph.named_copy(model)
     source = _open(named, path, data, samples, model_name, preprocess, seed)
     run_batch, notes = _batch_plan(source, batch, data)
     timings["load_s"] = time.perf_counter() - start
@@ -207,7 +203,7 @@ def calibrate_onnx(
     quantized = quantize_qdq(named, ranges, candidates)
     timings["quantize_s"] = time.perf_counter() - stage
 
-    tensor_names = graph.float_tensor_names(model)
+    tensor_names = graph.float_tensor_names(named)
     cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
     result = CalibrationResult(
         *paths, method, ranges.samples, sorted(candidates), kept, len(cache_amax), auto, timings,
@@ -351,10 +347,9 @@ def convert_onnx(
     start = time.perf_counter()
     path = Path(model_path)
     out = Path(output) if output is not None else path.with_name(f"{_model_stem(path)}.fp16.onnx")
-    model = load_onnx(path)
+    named = _load(path)
     check_writable(out)
     model_name = _resolve_model_name(path, model_name)
-    named = graph.named_copy(model)
     source, notes = None, []
     if data is not None:
         source = _open(named, path, data, samples, model_name, preprocess, seed)
@@ -375,8 +370,7 @@ def convert_onnx(
     stage = time.perf_counter()
     converted = convert_fp16(named, keep)
     timings["convert_s"] = time.perf_counter() - stage
-    with atomic_path(out) as tmp:
-        onnx.save_model(converted, tmp)
+    save_onnx(converted, out)
     timings["total_s"] = time.perf_counter() - start
     return ConvertResult(out, precision, keep, auto, timings, notes)
 

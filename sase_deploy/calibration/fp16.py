@@ -24,6 +24,7 @@ from sase_deploy.calibration.graph import (
     producers_of,
     with_shapes,
 )
+from sase_deploy.graph_io import toposorted
 
 FP16_MAX = 65504.0
 DEFAULT_REDUCE_LIMIT = 4096
@@ -64,4 +65,4 @@ def convert_fp16(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto
             )
     finally:
         quiet.setLevel(level)
-    return converted
+    return toposorted(converted)  # the converter appends the input casts after their users

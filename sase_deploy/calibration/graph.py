@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from sase_deploy.graph_io import infer_shapes, name_nodes
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "ReduceSumSquare")
@@ -25,20 +27,12 @@ EPS_LIMIT = 1e-2  # a constant added to a denominator below this is an epsilon
 
 def named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose nodes all have unique names (ORT's quantizer selects nodes by name)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    used: set[str] = set()
-    for index, node in enumerate(model.graph.node):
-        if not node.name or node.name in used:
-            node.name = f"{node.op_type}_{index}"
-        used.add(node.name)
-    return model
+    return name_nodes(onnx.ModelProto.FromString(model.SerializeToString()), rename_all=False)
 
 
 def with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        return model
+    """`model` with inferred shapes where onnx can infer them (best effort)."""
+    return infer_shapes(model)
 
 
 class GraphIndex:

@@ -56,7 +56,8 @@ def fuse_command(
 ) -> None:
     """Find SE-family blocks in MODEL (.onnx), bring them to one canonical fused form, and
     check every rewrite on ONNX Runtime CPU against the original (changes that differ are
-    reverted and reported)."""
+    reverted and reported). MODEL may come from any exporter: static shapes and constants are
+    folded first, so TorchScript and dynamo exports of a module fuse alike."""
     from sase_deploy.rewrite.api import fuse_file
     from sase_deploy.rewrite.rules import DEFAULT_RULES
 
@@ -81,10 +82,12 @@ def fuse_command(
         emit_json(summary)
         return
     blocks = ", ".join(f"{k}: {v}" for k, v in summary["blocks_found"].items()) or "none"
-    before, after = summary["nodes_before"], summary["nodes_after"]
+    before, after = summary["nodes_in_file"], summary["nodes_after"]
+    canonical = summary["nodes_before"]
+    folded = f" ({canonical} after folding shapes and constants)" if canonical != before else ""
     click.echo(f"wrote {output}" + (f" and {report_path}" if report_path else ""))
     click.echo(f"blocks found: {blocks}")
-    click.echo(f"nodes {before} -> {after} ({(after - before) / max(before, 1):+.1%})")
+    click.echo(f"nodes {before}{folded} -> {after} ({(after - before) / max(before, 1):+.1%})")
     for entry in summary["rules"]:
         unchanged = sum(1 for m in entry["matches"] if m["status"] == "unchanged")
         click.echo(

@@ -278,7 +278,7 @@ def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
     Raises UserError for bad input or a graph the builder rejects; nothing partial is written.
     """
     stage = on_stage or (lambda _name: None)
-    from sase_deploy.rewrite.api import load_onnx
+    from sase_deploy.graph_io import load_onnx
 
     if request.precision not in PRECISIONS:
         raise UserError(

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from sase_deploy.errors import first_line
+
 # Compute capabilities TensorRT-RTX 1.x targets when its module cannot be asked (docs/engines.md).
 RTX_KNOWN_CCS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 INSTALL_HINT = {
@@ -78,8 +80,7 @@ def _import(module: str) -> tuple[ModuleType | None, str | None]:
     try:
         return importlib.import_module(module), None
     except Exception as exc:  # a stub wheel or missing shared library: report, don't crash
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"'{module}' is installed but does not import ({first})"
+        return None, f"'{module}' is installed but does not import ({first_line(exc)})"
 
 
 def _rtx_ccs(trt: ModuleType) -> tuple[str, ...]:

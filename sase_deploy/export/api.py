@@ -16,13 +16,20 @@ from torch import nn
 
 from sase_deploy import __version__
 from sase_deploy._io import sha256_file, write_json_atomic
-from sase_deploy.errors import ParityError, UserError
+from sase_deploy.errors import ParityError, UserError, first_line
 from sase_deploy.export import graph as graph_ops
 from sase_deploy.export.exporters import EXPORTERS, Exporter, ExportFailed, export_onnx
 from sase_deploy.export.lowering import lower_for_export, record_pool_inputs
 from sase_deploy.export.parity import ParityReport, check_parity
 from sase_deploy.export.source import ModelSource, resolve_model
-from sase_deploy.export.writer import EXTERNAL_DATA_THRESHOLD, publish, save_model, staging_dir
+from sase_deploy.graph_io import (
+    EXTERNAL_DATA_THRESHOLD,
+    canonicalise,
+    name_nodes,
+    publish,
+    save_model,
+    staging_dir,
+)
 from sase_deploy.models.spec import InputSpec, sample_inputs
 
 # Opset 18: the dynamo exporter's native opset (others go through the version converter),
@@ -95,11 +102,6 @@ def _validate_options(output: Path, opset: int, exporter: str, tolerance: float)
         raise UserError(f"--tolerance must be >= 0, got {tolerance}")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0][:200] if lines else type(exc).__name__).strip()
-
-
 def _run_reference(
     module: nn.Module, inputs: tuple[InputSpec, ...], feed: Mapping[str, np.ndarray]
 ) -> list[torch.Tensor]:
@@ -113,7 +115,7 @@ def _run_reference(
     except Exception as exc:
         shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
         raise UserError(
-            f"model rejected input shape {shapes}: {_first_line(exc)}; "
+            f"model rejected input shape {shapes}: {first_line(exc)}; "
             "pass --input-shape matching the model"
         ) from None
     flat = list(result) if isinstance(result, list | tuple) else [result]
@@ -275,7 +277,7 @@ def export_model(
     lap("export")
 
     stage("simplify")
-    final = graph_ops.name_nodes(graph_ops.infer_shapes(graph_ops.simplify(outcome.model)))
+    final = canonicalise(outcome.model, rename_all=True, strict=True)
     simplified_nodes = graph_ops.node_count(final)
     lap("simplify")
 
@@ -283,7 +285,7 @@ def export_model(
     if fuse:
         stage("fuse")
         final, fusion = _fuse(final)
-        final = graph_ops.name_nodes(final)
+        final = name_nodes(final)
         lap("fuse")
 
     batches = sorted({*DYNAMIC_PARITY_BATCHES, trace_batch}) if dynamic_batch else [trace_batch]

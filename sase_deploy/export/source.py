@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sase_deploy.errors import UserError
+from sase_deploy.errors import UserError, first_line
 from sase_deploy.models.spec import InputSpec, ModelSpec
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".jit", ".torchscript")
@@ -105,11 +105,11 @@ def _from_registry(name: str, kwargs: dict[str, Any]) -> ModelSource:
         inputs = spec.input_specs(**kwargs)
     except TypeError as exc:
         raise UserError(
-            f"model '{name}' rejected --model-arg {kwargs}: {_first_line(exc)}; "
+            f"model '{name}' rejected --model-arg {kwargs}: {first_line(exc)}; "
             "run 'sase-deploy models' to see its options"
         ) from None
     except ValueError as exc:
-        raise UserError(f"model '{name}': {_first_line(exc)}; fix the --model-arg value") from None
+        raise UserError(f"model '{name}': {first_line(exc)}; fix the --model-arg value") from None
     return ModelSource(
         module=module,
         inputs=tuple(inputs),
@@ -129,7 +129,7 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> ModelSource:
             target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(
-            f"cannot import '{module_name}' from MODEL '{reference}' ({_first_line(exc)}); "
+            f"cannot import '{module_name}' from MODEL '{reference}' ({first_line(exc)}); "
             "make the module importable (install it or add its folder to PYTHONPATH)"
         ) from None
     for part in attr_path.split("."):
@@ -145,7 +145,7 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> ModelSource:
         module = target(**kwargs)
     except TypeError as exc:
         raise UserError(
-            f"calling '{reference}' with {kwargs} failed: {_first_line(exc)}; "
+            f"calling '{reference}' with {kwargs} failed: {first_line(exc)}; "
             "check the --model-arg names"
         ) from None
     if not isinstance(module, nn.Module):
@@ -184,7 +184,7 @@ def _from_torchscript(path_text: str, kwargs: dict[str, Any]) -> ModelSource:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         raise UserError(
-            f"'{path_text}' is not a TorchScript archive ({_first_line(exc)}); save the model "
+            f"'{path_text}' is not a TorchScript archive ({first_line(exc)}); save the model "
             "with torch.jit.save, or pass package.module:factory and a --checkpoint instead"
         ) from None
     return ModelSource(module, (), None, "torchscript", path_text, {})
@@ -222,8 +222,3 @@ def _resolve_inputs(
     if len({s.name for s in specs}) != len(specs):
         raise UserError(f"input names must differ, got {[s.name for s in specs]}")
     return tuple(specs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -1,4 +1,9 @@
-"""Write an ONNX model atomically, with external data (kept beside it) when it is large."""
+"""Writing ONNX: atomically, with the weights in an external data file beside the model when
+it is large (protobuf cannot hold a message over 2 GiB).
+
+`save_onnx` is the one call for a single model. Export stages its model (and the failed-parity
+copy) in a hidden folder first, so it uses the parts: `staging_dir`, `save_model`, `publish`.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,33 @@ def save_model(model: onnx.ModelProto, dest: Path, *, threshold: int) -> Path | 
         size_threshold=1024,
     )
     return dest.parent / location
+
+
+def save_onnx(
+    model: onnx.ModelProto,
+    dest: str | os.PathLike[str],
+    *,
+    threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> list[Path]:
+    """Write `model` to `dest` atomically: staged beside it, then renamed (its data file first).
+
+    Args:
+        model: the model to write.
+        dest: the `.onnx` path; a data file `dest.name + '.data'` goes beside it when the model
+            is over `threshold` bytes (one left by an earlier, larger model is removed).
+        threshold: serialized size above which weights go to the external data file.
+
+    Returns the paths written (the model first). An output place that cannot be written is a
+    `UserError`, and nothing is left at `dest`.
+    """
+    dest = Path(dest)
+    with staging_dir(dest.parent) as staging:
+        staged = staging / dest.name
+        data = save_model(model, staged, threshold=threshold)
+        written = publish(staged, dest)
+    if data is None:  # a data file left from an earlier, larger model would be read by nobody
+        (dest.parent / external_data_name(dest)).unlink(missing_ok=True)
+    return written
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ def ort_backend() -> str:
 def _onnx_candidate(path: Path, name: str) -> Candidate:
     from sase_deploy.calibration.sources import graph_inputs, model_batch
     from sase_deploy.engines.build import graph_precision
-    from sase_deploy.rewrite.api import load_onnx
+    from sase_deploy.graph_io import load_onnx
 
     model = load_onnx(path)
     precision = graph_precision(model)

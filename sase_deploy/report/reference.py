@@ -64,7 +64,7 @@ def _task_from_outputs(model_name: str | None, output_ranks: list[int]) -> str:
 
 def _onnx_reference(path: Path) -> Reference:
     from sase_deploy.engines.ort import OrtRunner
-    from sase_deploy.rewrite.api import load_onnx
+    from sase_deploy.graph_io import load_onnx
 
     model = load_onnx(path)
     inputs = tuple(GraphInput(i.name, (None, *i.shape[1:]), i.dtype) for i in graph_inputs(model))

@@ -15,6 +15,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+# Re-exported for the rules: the one implementation lives in graph_io.
+from sase_deploy.graph_io import infer_shapes as infer_shapes
+from sase_deploy.graph_io import model_from_graph, unique_node_names
+from sase_deploy.graph_io import opset_version as opset_version
+
+export_model = model_from_graph  # the name the rules and the pass driver use
+
 Dim = int | None  # None: unknown or symbolic (e.g. a dynamic batch)
 
 
@@ -58,68 +65,6 @@ def fold_constant_identities(graph: gs.Graph) -> int:
     return count
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with inferred value_info (best effort; the model itself is not modified).
-
-    Large float initializers are handed to the inference as typed graph inputs instead: their
-    shapes are all it needs, and serialising megabytes of weights dominated the pass's time.
-    """
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    del light.graph.initializer[:]
-    del light.graph.value_info[:]
-    kept = []
-    for init in model.graph.initializer:
-        if init.data_type in _SHAPE_TYPES or _numel(init) <= 64:
-            kept.append(init)
-        else:
-            light.graph.input.append(
-                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
-            )
-    light.graph.initializer.extend(kept)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:  # best effort: rules check the shapes they need
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    return out  # graph inputs/outputs keep their declared types: rewrites must not change them
-
-
-_SHAPE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-
-
-def _numel(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-
-
-def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Export `graph` keeping the template's ir_version, opsets and metadata."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    if template is not None:
-        model.ir_version = template.ir_version
-        del model.opset_import[:]
-        model.opset_import.extend(template.opset_import)
-        for func in model.functions:
-            for imp in func.opset_import:
-                if imp.domain in ("", "ai.onnx"):
-                    imp.version = opset_version(template)
-        model.producer_name = template.producer_name or model.producer_name
-        model.producer_version = template.producer_version or model.producer_version
-        del model.metadata_props[:]
-        model.metadata_props.extend(template.metadata_props)
-    return model
-
-
-def opset_version(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 18
-
-
 def lower_constant_nodes(graph: gs.Graph) -> int:
     """Replace every `Constant` node by a gs.Constant (what both exporters mean by it)."""
     count = 0
@@ -157,13 +102,9 @@ def lower_constant_nodes(graph: gs.Graph) -> int:
 
 def name_unnamed_nodes(graph: gs.Graph) -> None:
     """Give every node a unique, deterministic name (op + index in topological order)."""
-    seen: set[str] = set()
-    for index, node in enumerate(graph.nodes):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op}_{index}"
-            while node.name in seen:
-                node.name += "_"
-        seen.add(node.name)
+    names = unique_node_names([n.op for n in graph.nodes], [n.name for n in graph.nodes])
+    for node, name in zip(graph.nodes, names, strict=True):
+        node.name = name
 
 
 # ---------------------------------------------------------------- walking the graph

@@ -222,11 +222,11 @@ IO = list[tuple[str, str, list[int]]]  # (name, Triton type, dims with -1 for dy
 
 def _graph_io(path: Path) -> tuple[IO, IO]:
     """(inputs, outputs) of the ONNX at `path`."""
-    from sase_deploy.rewrite.api import load_onnx
+    from sase_deploy.graph_io import infer_shapes, load_onnx
 
     model = load_onnx(path)
     if any(not o.type.tensor_type.HasField("shape") for o in model.graph.output):
-        model = onnx.shape_inference.infer_shapes(model)  # fills what the export left out
+        model = infer_shapes(model)  # fills what the export left out
     weights = {init.name for init in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in weights]  # old-style weight inputs
     found = [(v.name, *_value_dims(v, path)) for v in inputs]
