@@ -4,4 +4,4 @@ Flow (one subpackage per stage, each a plain function over files or in-memory ON
 models -> export -> rewrite -> calibration -> engines -> report.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,7 +15,7 @@ from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite import fuse_model
 from sase_deploy.rewrite.graph_utils import const_value, import_graph, replace_uses
 from sase_deploy.rewrite.passes import NOISE_FLOOR_FACTOR, _Checker, self_check_feed
-from sase_deploy.rewrite.rule import Match, RewriteRule
+from sase_deploy.rewrite.rule import Captures, Match, RewriteRule
 from sase_deploy.rewrite.rules import CLEANUP_RULES, SE_GATE_RULES
 from sase_deploy.rewrite.rules.se_gate import SeGateCanonicalise
 
@@ -32,7 +32,7 @@ class DropScalarMul(RewriteRule):
         value = const_value(anchor.inputs[1])
         if value is None or value.size != 1:
             return None
-        return Match(self.name, anchor.name, nodes=[anchor])
+        return Match(self.name, anchor.name, Captures(), nodes=[anchor])
 
     def rewrite(self, graph: gs.Graph, match: Match) -> None:
         node = match.nodes[0]
@@ -84,7 +84,7 @@ class NudgeScalarMul(RewriteRule):
         value = const_value(anchor.inputs[1])
         if value is None or value.size != 1:
             return None
-        return Match(self.name, anchor.name, kind="se", nodes=[anchor],
+        return Match(self.name, anchor.name, Captures(), kind="se", nodes=[anchor],
                      block_output=anchor.outputs[0].name)  # fmt: skip
 
     def rewrite(self, graph: gs.Graph, match: Match) -> None:
@@ -110,16 +110,16 @@ def test_network_tolerance_follows_the_noise_floor() -> None:
     )  # network output off by 1e-4 of its scale; no block outputs named
     check = _Checker(model, enabled=True, tolerance=1e-5, seed=0)
     assert check.noise_floor == 0.0  # Mul/Relu: no reassociation anywhere, ORT agrees exactly
-    ok, stats, why = check(wrong)
-    assert not ok and why is not None and "noise floor" in why
-    assert 5e-5 < stats["max_rel_diff"] < 2e-4
+    result = check(wrong)
+    assert not result.ok and result.reason is not None and "noise floor" in result.reason
+    assert 5e-5 < result.stats["max_rel_diff"] < 2e-4
     check.noise_floor = 1e-4  # a chaotic network: the original is this far from itself
     assert check.network_tolerance == NOISE_FLOOR_FACTOR * 1e-4
-    assert check(wrong)[0]
-    assert not check(wrong, ["c"])[0]  # the block output still has to match at 1e-5
+    assert check(wrong).ok
+    assert not check(wrong, ["c"]).ok  # the block output still has to match at 1e-5
     assert check.block_floor == {"c": 0.0}  # measured for the block: ORT agrees exactly
     check.block_floor["c"] = 1e-4  # a block that differs from itself this much on this CPU
-    assert check.block_tolerance("c") == NOISE_FLOOR_FACTOR * 1e-4 and check(wrong, ["c"])[0]
+    assert check.block_tolerance("c") == NOISE_FLOOR_FACTOR * 1e-4 and check(wrong, ["c"]).ok
 
 
 def test_import_graph_reads_identity_of_a_constant_as_the_constant() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from numerics import assert_rewrite_equivalent
-from rewrite_blocks import apply_rule, compute_nodes
+from rewrite_blocks import (
+    ECA,
+    CBAMChannel,
+    Host,
+    LinearSE,
+    SleHost,
+    TimmSE,
+    apply_rule,
+    compute_nodes,
+    export,
+)
 from torch import nn
 
+from sase_deploy.graph_io import canonicalise
 from sase_deploy.rewrite.rule import Decline, Match
 from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 
@@ -22,7 +34,12 @@ EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscrip
 
 
 class SlimBlock(nn.Module):
-    """SLIM InceptionBlock as officially written (per-mask resize), knobs for near misses."""
+    """SLIM InceptionBlock as officially written (per-mask resize), knobs for near misses.
+
+    `normalise`: "masks + eps" (official: sum m*s / (sum m + eps)), "eps outside"
+    (sum m*s / sum m + eps), "groups" (sum m*s / G) or "none" (sum m*s). `masks`: "sigmoid"
+    per group, or "softmax" across the groups' concatenated logits. `style_act`: the
+    activation between the style MLP's linears."""
 
     def __init__(
         self,
@@ -32,23 +49,21 @@ class SlimBlock(nn.Module):
         reduction: int = 16,
         dilation: int = 2,
         mode: str = "nearest",
-        eps_in_denominator: bool = True,
+        normalise: str = "masks + eps",
         odd_group: bool = False,
         concat_noise: bool = False,
+        masks: str = "sigmoid",
+        style_act: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         cg, cr = cin // groups, max(1, (cin // groups) // reduction)
-        self.cg, self.mode, self.eps_in_den, self.concat_noise = (
-            cg,
-            mode,
-            eps_in_denominator,
-            concat_noise,
-        )
+        self.cg, self.mode, self.normalise = cg, mode, normalise
+        self.concat_noise, self.softmax_masks = concat_noise, masks == "softmax"
 
         def style() -> nn.Sequential:
             return nn.Sequential(
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cg, cr), nn.BatchNorm1d(cr),
-                nn.ReLU(), nn.Linear(cr, cout),
+                style_act(), nn.Linear(cr, cout),
             )  # fmt: skip
 
         def mask(d: int) -> nn.Sequential:
@@ -87,11 +102,14 @@ class SlimBlock(nn.Module):
         size = (int(xb.shape[2]), int(xb.shape[3]))
         chunks = torch.split(xs, self.cg, dim=1)
         styles = [ca(c)[:, :, None, None] for c, ca in zip(chunks, self.channel_attn, strict=False)]
-        if self.concat_noise:  # 1024 variant: concat logits, noise, sigmoid, one resize
+        if self.concat_noise or self.softmax_masks:  # concat logits, one resize, slices
             logits = torch.cat(
                 [sa(c) for c, sa in zip(chunks, self.spatial_attn, strict=False)], dim=1
             )
-            all_masks = self._resize(torch.sigmoid(logits + self.noise_weight * noise), size)
+            if self.softmax_masks:
+                all_masks = self._resize(torch.softmax(logits, dim=1), size)
+            else:  # 1024 variant: noise added to the logits before the sigmoid
+                all_masks = self._resize(torch.sigmoid(logits + self.noise_weight * noise), size)
             masks = [all_masks[:, g : g + 1] for g in range(len(chunks))]
         else:
             masks = [
@@ -103,8 +121,14 @@ class SlimBlock(nn.Module):
         for m, s in zip(masks[1:], styles[1:], strict=False):
             num = num + m * s
             den = den + m
-        style = num / (den + 1e-06) + 1 if self.eps_in_den else num / den + 1e-06 + 1
-        return xb * style
+        return xb * (self._normalised(num, den, len(masks)) + 1)
+
+    def _normalised(self, num: torch.Tensor, den: torch.Tensor, groups: int) -> torch.Tensor:
+        if self.normalise == "masks + eps":
+            return num / (den + 1e-06)
+        if self.normalise == "eps outside":
+            return num / den + 1e-06
+        return num / groups if self.normalise == "groups" else num
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], dynamo: bool) -> onnx.ModelProto:
@@ -235,7 +259,7 @@ def test_concat_noise_variant_carries_noise(dynamo: bool) -> None:
     ("kwargs", "reason"),
     [
         ({"mode": "bilinear"}, "interpolation"),
-        ({"eps_in_denominator": False}, "eps on the wrong side"),
+        ({"normalise": "eps outside"}, "eps on the wrong side"),
         ({"odd_group": True}, "mismatched shapes"),
     ],
 )
@@ -247,6 +271,68 @@ def test_declines_near_misses(kwargs: dict, reason: str) -> None:
     declines = [r for r in results if isinstance(r, Decline)]
     assert len(declines) == 1 and reason in declines[0].reason, declines
     assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten
+
+
+LOOKS_LIKE = "looks like a SASE/SLIM block (4 groups of masks x style vectors) but "
+STYLE_NOT = "is not GAP -> Linear [-> BN] -> ReLU -> ... -> Linear: "
+MASK_NOT = "is not Sigmoid(convs on a channel group of the source) [-> nearest Resize]: "
+# SASE-shaped blocks the rule cannot read: (module, how many inputs it takes, reason excerpt)
+LOOKALIKES: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
+    "tanh-style": (lambda: SlimBlock(style_act=nn.Tanh), 3, f"{STYLE_NOT}Tanh"),
+    "softmax-masks": (lambda: SlimBlock(masks="softmax"), 3, f"{MASK_NOT}Softmax"),
+    "mean-over-groups": (
+        lambda: SlimBlock(normalise="groups"),
+        3,
+        "is a term of the denominator (expected sum m*s / (sum m + eps))",
+    ),
+    "not-normalised": (
+        lambda: SlimBlock(normalise="none"),
+        3,
+        "nothing divides the sum by the sum of the masks + eps",
+    ),
+    "stacked-softmax-masks": (
+        lambda: _official_block("stack", "softmax_masks"),
+        2,
+        f"{MASK_NOT}Softmax",
+    ),
+}
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("lookalike", sorted(LOOKALIKES))
+def test_sase_lookalikes_are_declined_with_the_reason(lookalike: str, dynamo: bool) -> None:
+    """Mask x style modulations summed over groups that the matcher cannot read are reported
+    (formerly silently skipped), on the canonical graph `fuse` hands the rules."""
+    make, inputs, reason = LOOKALIKES[lookalike]
+    torch.manual_seed(11)
+    args = (*_slim_args()[:2], torch.zeros(2, 1, 8, 8))[:inputs]
+    model = canonicalise(_export(make(), args, dynamo))
+    fused, results = apply_rule(SaseGroupFusion(), model)
+    assert len(results) == 1 and isinstance(results[0], Decline), results
+    assert results[0].reason.startswith(LOOKS_LIKE), results[0].reason
+    assert reason in results[0].reason, results[0].reason
+    assert compute_nodes(fused) == compute_nodes(model)  # nothing rewritten
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_other_blocks_get_no_sase_report(dynamo: bool) -> None:
+    """SE gates (timm, Linear + BN), ECA, CBAM, FastGAN's SLE and a residual SE block have no
+    mask x style modulation: the rule neither matches nor declines anything in them."""
+    from sase_deploy.models.resnets import SEBasicBlock
+
+    hosts = {
+        "timm_se": Host(TimmSE(16)),
+        "linear_se": Host(LinearSE(16, bn=True)),
+        "eca": Host(ECA()),
+        "cbam": Host(CBAMChannel(16)),
+        "sle": SleHost(),
+        "residual_se": Host(
+            nn.Sequential(SEBasicBlock(16, 16, reduction=4), SEBasicBlock(16, 16, reduction=4))
+        ),
+    }
+    for name, host in hosts.items():
+        model = canonicalise(export(host, dynamo=dynamo))
+        assert apply_rule(SaseGroupFusion(), model)[1] == [], name
 
 
 def _zoo_block(module: nn.Module) -> nn.Module:
@@ -365,7 +451,8 @@ class OfficialStackedSlim(nn.Module):
     masks stacked to (B, G, 1, H, W), the styles to (B, G, Cout, 1, 1), multiplied, summed
     over the group axis (torch.sum(dim=1)) and divided by the summed masks + eps.
     `spelling` picks torch.cat of (B, 1, ...) slices or torch.stack; `variant` makes near misses
-    (eps inside the numerator sum; products summed over the Cout axis instead of the groups)."""
+    (eps inside the numerator sum; products summed over the Cout axis instead of the groups;
+    masks from a softmax across the groups instead of per-group sigmoids)."""
 
     def __init__(self, block: nn.Module, spelling: str = "cat", variant: str = "official") -> None:
         super().__init__()
@@ -375,10 +462,14 @@ class OfficialStackedSlim(nn.Module):
         b = self.block
         chunks = torch.split(xs, b.group_channels, dim=1)
         styles = [br(x) for x, br in zip(chunks, b.channel_attn, strict=True)]
-        masks = [
-            F.interpolate(torch.sigmoid(br(x)), b.size_out)
-            for x, br in zip(chunks, b.spatial_attn, strict=True)
-        ]
+        if self.variant == "softmax_masks":
+            logits = torch.cat([br(x) for x, br in zip(chunks, b.spatial_attn, strict=True)], 1)
+            masks = list(F.interpolate(torch.softmax(logits, 1), b.size_out).split(1, 1))
+        else:
+            masks = [
+                F.interpolate(torch.sigmoid(br(x)), b.size_out)
+                for x, br in zip(chunks, b.spatial_attn, strict=True)
+            ]
         if self.spelling == "cat":
             ch = torch.cat([s.unsqueeze(1) for s in styles], 1)[..., None, None]
             sp = torch.cat(masks, 1).unsqueeze(2)

@@ -101,8 +101,8 @@ def test_rgse_bottleneck_keeps_its_pool_and_folds_bn(dynamo: bool) -> None:
     assert [m.kind for m in matches] == ["rgse"], results
     had_bn = "BatchNormalization" in [n.op_type for n in model.graph.node]  # dynamo folds BN
     expected = "pool + depthwise conv (folded)" if had_bn else "already minimal"
-    assert matches[0].captures["form"].startswith(expected)
-    assert bool(matches[0].captures.get("canonical")) is not had_bn
+    assert matches[0].captures.form.startswith(expected)
+    assert matches[0].captures.canonical is not had_bn
     onnx.checker.check_model(fused, full_check=True)
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("AveragePool") == 1 and "BatchNormalization" not in ops, ops

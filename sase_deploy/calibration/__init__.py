@@ -10,10 +10,14 @@ from sase_deploy.calibration.api import (
     convert_onnx,
     read_calib_json,
 )
+from sase_deploy.calibration.options import CalibrateOptions, ConvertOptions, PrecisionOptions
 
 __all__ = [
+    "CalibrateOptions",
     "CalibrationResult",
+    "ConvertOptions",
     "ConvertResult",
+    "PrecisionOptions",
     "calibrate_onnx",
     "convert_onnx",
     "read_calib_json",

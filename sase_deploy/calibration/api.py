@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import onnx
 
 from sase_deploy._io import atomic_path, check_writable, sha256_file
+from sase_deploy._timing import StageTimer, rounded
 from sase_deploy.calibration import graph, trt_cache
-from sase_deploy.calibration.fp16 import DEFAULT_REDUCE_LIMIT, convert_fp16, fp16_keep_list
+from sase_deploy.calibration.fp16 import convert_fp16, fp16_keep_list
+from sase_deploy.calibration.options import CalibrateOptions, ConvertOptions, PrecisionOptions
 from sase_deploy.calibration.qdq import quantize_qdq
 from sase_deploy.calibration.ranges import TensorRanges, collect_ranges
 from sase_deploy.calibration.sensitivity import AutoKeepResult, Evaluator, Task, auto_keep
@@ -35,6 +35,10 @@ FP16_CANDIDATE_OPS = (
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sigmoid",
     "BatchNormalization", "ReduceMean", "ReduceSum", "GlobalAveragePool", "Resize", "Pow", "Sqrt",
 )  # fmt: skip
+DEFAULT_BATCH = 16
+
+
+_Options = TypeVar("_Options", bound=PrecisionOptions)
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -47,8 +51,9 @@ def _model_stem(path: Path) -> str:
     return path.name.removesuffix(".onnx")
 
 
-def _resolve_model_name(path: Path, model_name: str | None) -> str | None:
-    return model_name or manifest_model_name(path)
+def _with_model_name(options: _Options, path: Path) -> _Options:
+    """`options` naming the registry model: the given one, else the export manifest's."""
+    return dataclasses.replace(options, model_name=options.model_name or manifest_model_name(path))
 
 
 def _task(model: onnx.ModelProto, model_name: str | None) -> Task:
@@ -73,20 +78,17 @@ def resolve_preprocess(
     return dataclasses.replace(base, **given)
 
 
-def _open(
-    model: onnx.ModelProto,
-    path: Path,
-    data: str,
-    samples: int | None,
-    model_name: str | None,
-    preprocess: Mapping[str, Any] | None,
-    seed: int,
-) -> CalibrationSource:
-    prep = resolve_preprocess(model_name, preprocess)
-    return open_source(data, model, samples=samples, preprocess=prep, seed=seed)
+def _open(model: onnx.ModelProto, data: str, options: PrecisionOptions) -> CalibrationSource:
+    prep = resolve_preprocess(options.model_name, options.preprocess)
+    return open_source(data, model, samples=options.samples, preprocess=prep, seed=options.seed)
 
 
-DEFAULT_BATCH = 16
+def _evaluator(
+    model: onnx.ModelProto, source: CalibrationSource, options: PrecisionOptions
+) -> Evaluator:
+    """What `--auto-keep` scores candidates with (top-1 or PSNR, by the model's task)."""
+    task = _task(model, options.model_name)
+    return Evaluator.from_source(model, source, task, options.eval_samples)
 
 
 def _batch_plan(
@@ -139,7 +141,7 @@ class CalibrationResult:
             "cache_tensors": self.cache_tensors,
             "auto_keep": self.auto_keep.to_dict() if self.auto_keep else None,
             "notes": self.notes,
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings_s": rounded(self.timings),
         }
 
 
@@ -155,20 +157,14 @@ def calibrate_onnx(
     model_path: str | Path,
     data: str,
     output_dir: str | Path,
-    *,
-    method: str = "percentile",
-    samples: int | None = 512,
-    batch: int | None = None,
-    model_name: str | None = None,
-    preprocess: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    percentile: float = 99.99,
-    quantize_gates: bool = False,
-    auto_keep_tolerance: float | None = None,
-    eval_samples: int = 256,
-    trt_version: str = trt_cache.DEFAULT_TRT_VERSION,
+    options: CalibrateOptions | None = None,
+    **overrides: Any,
 ) -> CalibrationResult:
     """Calibrate MODEL on DATA and write NAME.int8.onnx, NAME.calib.cache, NAME.calib.json.
+
+    `data` is an image folder, a .npy/.npz file or `latent[:SEED]`; the artifacts go into
+    `output_dir`. `options` (default `CalibrateOptions()`) says how; `overrides` are
+    `CalibrateOptions` fields set on top (`calibrate_onnx(m, d, out, samples=64)`).
 
     The ranges are collected once (ORT CPU) and feed all three artifacts. With
     `auto_keep_tolerance`, SE gate paths become candidates too and the fewest nodes needed to
@@ -176,42 +172,33 @@ def calibrate_onnx(
     ORT runs at once; a model exported with a fixed batch always runs at its own (`notes` says so
     when that differs from an explicit `batch`).
     """
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    opts = dataclasses.replace(options or CalibrateOptions(), **overrides)
+    timer = StageTimer(suffix="_s")
     path = Path(model_path)
-    if (batch is not None and batch < 1) or (samples is not None and samples < 1):
-        raise UserError("--batch and --samples must be positive integers")
-    if method == "percentile" and not 0 < percentile <= 100:
-        raise UserError(f"--percentile {percentile:g}: give a value in (0, 100], e.g. 99.99")
-    trt_cache.trt_version_code(trt_version)  # validate before any work
-    named = _load(path)
-    paths = _artifact_paths(path, output_dir)
-    check_writable(*paths)  # before minutes of calibration, not after
-    model_name = _resolve_model_name(path, model_name)
-    source = _open(named, path, data, samples, model_name, preprocess, seed)
-    run_batch, notes = _batch_plan(source, batch, data)
-    timings["load_s"] = time.perf_counter() - start
+    with timer.stage("load"):
+        opts.validate()
+        named = _load(path)
+        paths = _artifact_paths(path, output_dir)
+        check_writable(*paths)  # before minutes of calibration, not after
+        opts = _with_model_name(opts, path)
+        source = _open(named, data, opts)
+        run_batch, notes = _batch_plan(source, opts.batch, data)
 
-    ranges: TensorRanges = collect_ranges(named, source, method, run_batch, percentile)
-    timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
-    candidates, kept, auto = _int8_nodes(
-        named, source, ranges, _task(named, model_name), quantize_gates, auto_keep_tolerance,
-        eval_samples, timings,
-    )  # fmt: skip
-
-    stage = time.perf_counter()
-    quantized = quantize_qdq(named, ranges, candidates)
-    timings["quantize_s"] = time.perf_counter() - stage
+    ranges: TensorRanges = collect_ranges(named, source, opts.method, run_batch, opts.percentile)
+    timer.timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
+    candidates, kept, auto = _int8_nodes(named, source, ranges, opts, timer)
+    with timer.stage("quantize"):
+        quantized = quantize_qdq(named, ranges, candidates)
 
     tensor_names = graph.float_tensor_names(named)
     cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
     result = CalibrationResult(
-        *paths, method, ranges.samples, sorted(candidates), kept, len(cache_amax), auto, timings,
-        run_batch, notes,
+        *paths, opts.method, ranges.samples, sorted(candidates), kept, len(cache_amax), auto,
+        timer.timings, run_batch, notes,
     )  # fmt: skip
-    extra = {"model": str(path), "model_sha256": sha256_file(path), "registry_model": model_name,
-             "data": source.describe()}  # fmt: skip
-    _write_calibration(result, quantized, ranges, cache_amax, trt_version, extra, start)
+    extra = {"model": str(path), "model_sha256": sha256_file(path),
+             "registry_model": opts.model_name, "data": source.describe()}  # fmt: skip
+    _write_calibration(result, quantized, ranges, cache_amax, opts.trt_version, extra, timer)
     return result
 
 
@@ -219,11 +206,8 @@ def _int8_nodes(
     named: onnx.ModelProto,
     source: CalibrationSource,
     ranges: TensorRanges,
-    task: Task,
-    quantize_gates: bool,
-    auto_keep_tolerance: float | None,
-    eval_samples: int,
-    timings: dict[str, float],
+    options: CalibrateOptions,
+    timer: StageTimer,
 ) -> tuple[set[str], dict[str, str], AutoKeepResult | None]:
     """Nodes to quantise, nodes kept float (with why), and the `--auto-keep` search if asked."""
     shaped = graph.with_shapes(named)
@@ -231,20 +215,20 @@ def _int8_nodes(
     gates = graph.gate_path_nodes(shaped)
     kept: dict[str, str] = {}
     candidates = set(weighted)
-    if not quantize_gates and auto_keep_tolerance is None:
+    tolerance = options.auto_keep_tolerance
+    if not options.quantize_gates and tolerance is None:
         candidates -= gates
         kept.update({n: "SE gate path (pooled descriptors -> sigmoid)" for n in weighted & gates})
     auto: AutoKeepResult | None = None
-    if auto_keep_tolerance is not None:
-        stage = time.perf_counter()
-        evaluator = Evaluator.from_source(named, source, task, eval_samples)
-        auto = auto_keep(
-            candidates, lambda lowered: quantize_qdq(named, ranges, lowered), evaluator,
-            auto_keep_tolerance,
-        )  # fmt: skip
-        candidates -= set(auto.kept)
-        kept.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
-        timings["sensitivity_s"] = time.perf_counter() - stage
+    if tolerance is not None:
+        with timer.stage("sensitivity"):
+            evaluator = _evaluator(named, source, options)
+            auto = auto_keep(
+                candidates, lambda lowered: quantize_qdq(named, ranges, lowered), evaluator,
+                tolerance,
+            )  # fmt: skip
+            candidates -= set(auto.kept)
+            kept.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
     return candidates, kept, auto
 
 
@@ -255,20 +239,19 @@ def _write_calibration(
     cache_amax: dict[str, float],
     trt_version: str,
     extra: dict[str, Any],
-    start: float,
+    timer: StageTimer,
 ) -> None:
     """Write the three artifacts as one step: all into temp files, then renamed (no set of
     files is left half written when the disk fills or the place is not writable)."""
-    stage = time.perf_counter()
     with (
         atomic_path(result.int8_onnx) as int8_tmp,
         atomic_path(result.cache) as cache_tmp,
         atomic_path(result.json) as json_tmp,
     ):
-        onnx.save_model(quantized, int8_tmp)
-        cache_tmp.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
-        result.timings["write_s"] = time.perf_counter() - stage
-        result.timings["total_s"] = time.perf_counter() - start
+        with timer.stage("write"):
+            onnx.save_model(quantized, int8_tmp)
+            cache_tmp.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
+        timer.total()  # before the json, which records it
         summary = {k: v for k, v in result.to_dict().items() if k != "calib_json"}
         details = {
             "format": CALIB_FORMAT,
@@ -318,61 +301,61 @@ class ConvertResult:
             "kept_fp32": self.kept_fp32,
             "auto_keep": self.auto_keep.to_dict() if self.auto_keep else None,
             "notes": self.notes,
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings_s": rounded(self.timings),
         }
 
 
 def convert_onnx(
     model_path: str | Path,
     output: str | Path | None = None,
-    *,
-    precision: str = "fp16",
-    reduce_limit: int = DEFAULT_REDUCE_LIMIT,
-    calib_json: str | Path | None = None,
-    data: str | None = None,
-    samples: int | None = 256,
-    model_name: str | None = None,
-    preprocess: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    auto_keep_tolerance: float | None = None,
-    eval_samples: int = 256,
+    options: ConvertOptions | None = None,
+    **overrides: Any,
 ) -> ConvertResult:
     """Write MODEL as FP16 with casts in the graph, float32 IO and an FP32 keep-list.
 
-    Ranges for the overflow rule come from `calib_json` or, with `data`, a min/max pass.
+    `output` defaults to NAME.fp16.onnx beside MODEL. `options` (default `ConvertOptions()`)
+    says how; `overrides` are `ConvertOptions` fields set on top
+    (`convert_onnx(m, out, calib_json="m.calib.json")`). Ranges for the overflow rule come from
+    `calib_json` or, with `data`, a min/max pass.
     """
-    if precision != "fp16":
-        raise UserError(f"precision '{precision}' is not convertible; use fp16 (INT8: calibrate)")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    opts = dataclasses.replace(options or ConvertOptions(), **overrides)
+    opts.validate()
+    timer = StageTimer(suffix="_s")
     path = Path(model_path)
     out = Path(output) if output is not None else path.with_name(f"{_model_stem(path)}.fp16.onnx")
-    named = _load(path)
-    check_writable(out)
-    model_name = _resolve_model_name(path, model_name)
+    with timer.stage("analyse"):
+        named = _load(path)
+        check_writable(out)
+        opts = _with_model_name(opts, path)
+        source, notes, amax = _fp16_ranges(named, opts)
+    keep = fp16_keep_list(named, opts.reduce_limit, amax)
+    auto: AutoKeepResult | None = None
+    if opts.auto_keep_tolerance is not None and source is not None:
+        with timer.stage("sensitivity"):
+            evaluator = _evaluator(named, source, opts)
+            auto = _fp16_auto_keep(named, keep, evaluator, opts.auto_keep_tolerance)
+    with timer.stage("convert"):
+        converted = convert_fp16(named, keep)
+    save_onnx(converted, out)
+    timer.total()
+    return ConvertResult(out, opts.precision, keep, auto, timer.timings, notes)
+
+
+def _fp16_ranges(
+    named: onnx.ModelProto, options: ConvertOptions
+) -> tuple[CalibrationSource | None, list[str], dict[str, float] | None]:
+    """The data source (with notes on it) if `options.data`, and tensor ranges from the
+    calibration json, else from a min/max pass over the data, else None."""
     source, notes = None, []
-    if data is not None:
-        source = _open(named, path, data, samples, model_name, preprocess, seed)
-        notes = _batch_plan(source, None, data)[1]
-    if auto_keep_tolerance is not None and source is None:
+    if options.data is not None:
+        source = _open(named, options.data, options)
+        notes = _batch_plan(source, None, options.data)[1]
+    if options.auto_keep_tolerance is not None and source is None:
         raise UserError("--auto-keep measures accuracy on data: pass --data too")
-    amax = read_calib_json(calib_json) if calib_json is not None else None
+    amax = read_calib_json(options.calib_json) if options.calib_json is not None else None
     if amax is None and source is not None:
         amax = collect_ranges(named, source, "minmax", DEFAULT_BATCH).amax
-    timings["analyse_s"] = time.perf_counter() - start
-    keep = fp16_keep_list(named, reduce_limit, amax)
-    auto: AutoKeepResult | None = None
-    if auto_keep_tolerance is not None and source is not None:
-        stage = time.perf_counter()
-        evaluator = Evaluator.from_source(named, source, _task(named, model_name), eval_samples)
-        auto = _fp16_auto_keep(named, keep, evaluator, auto_keep_tolerance)
-        timings["sensitivity_s"] = time.perf_counter() - stage
-    stage = time.perf_counter()
-    converted = convert_fp16(named, keep)
-    timings["convert_s"] = time.perf_counter() - stage
-    save_onnx(converted, out)
-    timings["total_s"] = time.perf_counter() - start
-    return ConvertResult(out, precision, keep, auto, timings, notes)
+    return source, notes, amax
 
 
 def _fp16_auto_keep(
@@ -388,7 +371,3 @@ def _fp16_auto_keep(
     )  # fmt: skip
     keep.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
     return auto
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from sase_deploy.graph_io import infer_shapes, name_nodes
+from sase_deploy.graph_io.ops import reduce_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
@@ -75,14 +76,10 @@ class GraphIndex:
 
 
 def _reduce_axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
-    for attr in node.attribute:
-        if attr.name == "axes":
-            return list(attr.ints)
-    if len(node.input) > 1 and node.input[1] in index.constants:
-        return [int(a) for a in index.constants[node.input[1]].reshape(-1)]
-    if len(node.input) == 1:
-        return []  # no axes: reduces everything
-    return None
+    attribute = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    inputs = [name for name in node.input if name]
+    axes_input = index.constants.get(inputs[1]) if len(inputs) > 1 else None
+    return reduce_axes(attribute, axes_input, len(inputs))
 
 
 def _is_squeeze(index: GraphIndex, node: onnx.NodeProto) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sase_deploy._timing import StageTimer
 from sase_deploy.calibration.sources import CalibrationSource
 from sase_deploy.console import progress
 from sase_deploy.errors import UserError
@@ -200,27 +200,56 @@ def collect_ranges(
     threads: int | None = None,
 ) -> TensorRanges:
     """Run `source` through `model` on ORT CPU and return symmetric ranges of every float tensor."""
-    import onnxruntime as ort
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
     if method not in METHODS:
         raise UserError(
             f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}"
         )
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    tensors = calibration_tensors(model)
-    histogram = method != "minmax"
-    augmented = _augment(model, tensors, sample=histogram)
+    timer = StageTimer(suffix="_s")
+    with timer.stage("augment"):
+        tensors = calibration_tensors(model)
+        session = _session(_augment(model, tensors, sample=method != "minmax"), threads)
+    # ORT's collector prints chatter on stdout, which is reserved for --json results.
+    with contextlib.redirect_stdout(io.StringIO()):
+        with timer.stage("collect"):
+            stats, seen = _collect(session, tensors, source, method, percentile, batch_size)
+        with timer.stage("compute"):
+            amax = _compute(stats, tensors, method)
+    if seen == 0:
+        raise UserError("the calibration data yielded no samples")
+    return TensorRanges(
+        method=method,
+        amax=dict(sorted(amax.items())),
+        samples=seen,
+        percentile=percentile if method == "percentile" else None,
+        timings=timer.timings,
+    )
+
+
+def _session(augmented: onnx.ModelProto, threads: int | None) -> Any:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         augmented.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    timings["augment_s"] = time.perf_counter() - start
 
+
+def _collect(
+    session: Any,
+    tensors: list[str],
+    source: CalibrationSource,
+    method: str,
+    percentile: float,
+    batch_size: int,
+) -> tuple[Any, int]:
+    """Feed every batch; returns (ORT's histogram collector, or the (low, high) arrays for
+    min/max) and the number of samples seen."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    histogram = method != "minmax"
     collector = HistogramCollector(
         method=method,
         symmetric=True,
@@ -233,10 +262,8 @@ def collect_ranges(
     wanted = [f"calib{i}_{k}" for i in range(len(tensors)) for k in keys]
     low = np.full(len(tensors), np.inf)
     high = np.full(len(tensors), -np.inf)
-    collect_start = time.perf_counter()
     seen = 0
-    # ORT's collector prints chatter on stdout, which is reserved for --json results.
-    with progress() as bar, contextlib.redirect_stdout(io.StringIO()):
+    with progress() as bar:
         task = bar.add_task(f"calibrating ({method})", total=source.num_samples)
         for feed in source.batches(batch_size):
             values = dict(zip(wanted, session.run(wanted, feed), strict=True))
@@ -250,25 +277,14 @@ def collect_ranges(
                 low, high = np.minimum(low, mins), np.maximum(high, maxs)
             seen += len(next(iter(feed.values())))
             bar.update(task, completed=seen)
-        timings["collect_s"] = time.perf_counter() - collect_start
+    return (collector if histogram else (low, high)), seen
 
-        compute_start = time.perf_counter()
-        if method == "entropy":
-            amax = {t: entropy_amax(h[0], h[1]) for t, h in collector.histogram_dict.items()}
-        elif method == "percentile":
-            amax = {t: _amax(v) for t, v in collector.compute_collection_result().items()}
-        else:
-            amax = {
-                t: float(max(abs(lo), abs(hi)))
-                for t, lo, hi in zip(tensors, low, high, strict=True)
-            }
-        timings["compute_s"] = time.perf_counter() - compute_start
-    if seen == 0:
-        raise UserError("the calibration data yielded no samples")
-    return TensorRanges(
-        method=method,
-        amax=dict(sorted(amax.items())),
-        samples=seen,
-        percentile=percentile if method == "percentile" else None,
-        timings=timings,
-    )
+
+def _compute(stats: Any, tensors: list[str], method: str) -> dict[str, float]:
+    """amax per tensor from what `_collect` gathered."""
+    if method == "entropy":
+        return {t: entropy_amax(h[0], h[1]) for t, h in stats.histogram_dict.items()}
+    if method == "percentile":
+        return {t: _amax(v) for t, v in stats.compute_collection_result().items()}
+    low, high = stats
+    return {t: float(max(abs(lo), abs(hi))) for t, lo, hi in zip(tensors, low, high, strict=True)}

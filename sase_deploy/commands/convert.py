@@ -7,8 +7,15 @@ from typing import Any
 
 import click
 
-from sase_deploy.commands.calibrate import collect_preprocess, preprocess_options, report_auto_keep
-from sase_deploy.console import emit_json
+from sase_deploy.commands._precision_options import (
+    auto_keep_option,
+    data_option,
+    eval_samples_option,
+    json_option,
+    preprocess_options,
+    report_result,
+    samples_option,
+)
 
 
 @click.command("convert")
@@ -32,51 +39,54 @@ from sase_deploy.console import emit_json
     type=click.Path(dir_okay=False, path_type=Path),
     help="NAME.calib.json: keep in FP32 nodes whose range exceeds FP16.",
 )
-@click.option("--data", help="Calibration data (as for calibrate) for ranges and --auto-keep.")
-@click.option("--samples", type=int, default=256, show_default=True)
-@click.option(
-    "--auto-keep",
-    "auto_keep",
-    type=float,
-    metavar="TOL",
-    help="Keep the fewest extra nodes in FP32 to meet TOL (needs --data): max top-1 "
-    "drop in points, or min PSNR in dB for generators.",
+@data_option("Calibration data (as for calibrate) for ranges and --auto-keep.")
+@samples_option(256)
+@auto_keep_option(
+    "Keep the fewest extra nodes in FP32 to meet TOL (needs --data): max top-1 "
+    "drop in points, or min PSNR in dB for generators."
 )
-@click.option("--eval-samples", type=int, default=256, show_default=True)
+@eval_samples_option()
 @preprocess_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def convert_command(**kwargs: Any) -> None:
+@json_option
+def convert_command(
+    model_path: Path,
+    precision: str,
+    output: Path | None,
+    reduce_limit: int,
+    calib_json: Path | None,
+    data: str | None,
+    samples: int,
+    auto_keep: float | None,
+    eval_samples: int,
+    model_name: str | None,
+    preprocess: dict[str, Any],
+    seed: int,
+    as_json: bool,
+) -> None:
     """Convert IN.onnx to FP16 with casts in the graph (TensorRT 11 strongly typed, ORT).
 
     Inputs and outputs stay float32. Reductions over large maps, SASE's mask normalisation and
     anything whose calibrated range exceeds FP16 stay FP32.
     """
-    from sase_deploy.calibration import convert_onnx
+    from sase_deploy.calibration.api import convert_onnx
+    from sase_deploy.calibration.options import ConvertOptions
 
-    as_json = kwargs.pop("as_json")
-    prep = collect_preprocess(kwargs)
-    result = convert_onnx(
-        kwargs["model_path"],
-        kwargs["output"],
-        precision=kwargs["precision"],
-        reduce_limit=kwargs["reduce_limit"],
-        calib_json=kwargs["calib_json"],
-        data=kwargs["data"],
-        samples=kwargs["samples"],
-        model_name=kwargs["model_name"],
-        preprocess=prep,
-        seed=kwargs["seed"],
-        auto_keep_tolerance=kwargs["auto_keep"],
-        eval_samples=kwargs["eval_samples"],
+    options = ConvertOptions(
+        samples=samples,
+        model_name=model_name,
+        preprocess=preprocess,
+        seed=seed,
+        auto_keep_tolerance=auto_keep,
+        eval_samples=eval_samples,
+        precision=precision,
+        reduce_limit=reduce_limit,
+        calib_json=calib_json,
+        data=data,
     )
-    summary = {"command": "convert", **result.to_dict()}
-    for text in result.notes:  # on stderr in both modes: stdout may carry the JSON
-        click.echo(f"note: {text}", err=True)
-    if as_json:
-        emit_json(summary)
-    else:
-        click.echo(f"wrote {result.output} ({result.precision}, float32 IO)")
-        click.echo(f"kept in FP32: {len(result.kept_fp32)} nodes")
-        for name, why in result.kept_fp32.items():
-            click.echo(f"  {name}: {why}")
-    report_auto_keep(summary, as_json)
+    result = convert_onnx(model_path, output, options)
+    lines = [
+        f"wrote {result.output} ({result.precision}, float32 IO)",
+        f"kept in FP32: {len(result.kept_fp32)} nodes",
+        *(f"  {name}: {why}" for name, why in result.kept_fp32.items()),
+    ]
+    report_result("convert", result.to_dict(), result.notes, lines, as_json)

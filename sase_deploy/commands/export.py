@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sase_deploy.console import emit_json, note, progress
 from sase_deploy.errors import ParityError
+
+if TYPE_CHECKING:  # the export package imports torch: only when the command runs
+    from sase_deploy.export.api import ExportResult
+    from sase_deploy.export.exporters import Exporter
 
 _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
 
@@ -92,7 +97,7 @@ def export_command(
     output_names: tuple[str, ...],
     dynamic_batch: bool,
     opset: int | None,
-    exporter: str,
+    exporter: Exporter,
     no_fuse: bool,
     tolerance: float | None,
     seed: int,
@@ -104,11 +109,26 @@ def export_command(
     TorchScript file. Writes OUT.onnx and OUT.manifest.json; on a parity failure the model is
     kept as OUT.parity-failed.onnx and the command exits 1.
     """
-    from sase_deploy.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, export_model
+    from sase_deploy.export.api import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportOptions, export_model
     from sase_deploy.export.source import parse_model_args, parse_shape
 
     shapes = [parse_shape(text) for text in input_shapes]
-    kwargs = parse_model_args(model_args)
+    options = ExportOptions(
+        checkpoint=checkpoint,
+        checkpoint_key=checkpoint_key,
+        use_ema=not no_ema,
+        unsafe_load=unsafe_load,
+        model_args=parse_model_args(model_args),
+        input_shapes=shapes or None,
+        input_names=input_names or None,
+        output_names=output_names or None,
+        dynamic_batch=dynamic_batch,
+        opset=opset if opset is not None else DEFAULT_OPSET,
+        exporter=exporter,
+        fuse=not no_fuse,
+        tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE,
+        seed=seed,
+    )
     with progress() as bar:
         task = bar.add_task("export", total=len(_STAGES))
 
@@ -116,33 +136,19 @@ def export_command(
             bar.update(task, description=name, completed=_STAGES.index(name))
 
         try:
-            result = export_model(
-                model,
-                output,
-                checkpoint=checkpoint,
-                checkpoint_key=checkpoint_key,
-                use_ema=not no_ema,
-                unsafe_load=unsafe_load,
-                model_args=kwargs,
-                input_shapes=shapes or None,
-                input_names=input_names or None,
-                output_names=output_names or None,
-                dynamic_batch=dynamic_batch,
-                opset=opset if opset is not None else DEFAULT_OPSET,
-                exporter=exporter,  # type: ignore[arg-type]
-                fuse=not no_fuse,
-                tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE,
-                seed=seed,
-                on_stage=on_stage,
-            )
+            result = export_model(model, output, options, on_stage=on_stage)
         except ParityError as exc:
             if as_json:
                 emit_json(exc.details)
             raise
-    summary = result.to_dict()
     if as_json:
-        emit_json(summary)
-        return
+        emit_json(result.to_dict())
+    else:
+        _echo_summary(result)
+
+
+def _echo_summary(result: ExportResult) -> None:
+    summary = result.to_dict()
     parity = summary["parity"]
     counts = summary["node_counts"]
     click.echo(f"wrote {result.onnx_path} and {result.manifest_path}")

@@ -1,10 +1,15 @@
-"""`export_model`: MODEL -> checked, simplified, (fused,) parity-tested ONNX plus a manifest."""
+"""`export_model`: MODEL -> checked, simplified, (fused,) parity-tested ONNX plus a manifest.
+
+`export_model` runs one function per stage over an `ExportOptions`: `_load` (resolve MODEL, load
+weights, one reference forward), `_export` (torch -> ONNX), `_simplify`, `_fuse`, `_check` (ONNX
+checker, then parity on ORT CPU) and `_publish` (manifest, files moved into place).
+"""
 
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +19,18 @@ import onnx
 import torch
 from torch import nn
 
-from sase_deploy import __version__
-from sase_deploy._io import sha256_file, write_json_atomic
+from sase_deploy._io import write_json_atomic
+from sase_deploy._timing import StageCallback, StageTimer, rounded
 from sase_deploy.errors import ParityError, UserError, first_line
 from sase_deploy.export import graph as graph_ops
 from sase_deploy.export.exporters import EXPORTERS, Exporter, ExportFailed, export_onnx
-from sase_deploy.export.lowering import lower_for_export, record_pool_inputs
+from sase_deploy.export.lowering import PoolInputs, lower_for_export, record_pool_inputs
+from sase_deploy.export.manifest import (
+    GraphRecord,
+    build_manifest,
+    failed_path_for,
+    manifest_path_for,
+)
 from sase_deploy.export.parity import ParityReport, check_parity
 from sase_deploy.export.source import ModelSource, resolve_model
 from sase_deploy.graph_io import (
@@ -43,10 +54,60 @@ DYNAMIC_PARITY_BATCHES = (1, 4)
 # torch.export specialises dims of size 1, so dynamic models are traced at batch 4, which is also
 # a parity batch: the reference forward of the trace doubles as parity's PyTorch run.
 TRACE_BATCH_DYNAMIC = 4
-MANIFEST_FORMAT = "sase-deploy.export/1"
-FAILED_INFIX = ".parity-failed"
 
-StageCallback = Callable[[str], None]
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """How `export_model` exports; each field is also one of its keywords.
+
+    Attributes:
+        checkpoint: weights to load (torch.save file); None keeps the model's own.
+        checkpoint_key: container key holding the state dict (e.g. `g_ema`).
+        use_ema: load the EMA copy of the weights when the checkpoint has one.
+        unsafe_load: allow pickled code in the checkpoint (trusted files only).
+        model_args: keyword arguments for the model factory.
+        input_shapes: one shape per input (default: the registry's).
+        input_names, output_names: one name per input / output (default: registry, input_N /
+            output_N).
+        dynamic_batch: make dim 0 of every input and output symbolic; parity at batch 1 and 4.
+        opset: ONNX opset, 17 to 20.
+        exporter: "dynamo", "torchscript", or "auto" (dynamo, then TorchScript on failure).
+        fuse: run the SE-subgraph fusion pass.
+        tolerance: parity tolerance on max|onnx - torch| / max|torch|.
+        seed: seed of the parity inputs.
+        external_data_threshold: above this many bytes the weights go to `NAME.onnx.data`.
+    """
+
+    checkpoint: str | Path | None = None
+    checkpoint_key: str | None = None
+    use_ema: bool = True
+    unsafe_load: bool = False
+    model_args: Mapping[str, Any] | None = None
+    input_shapes: Sequence[Sequence[int]] | None = None
+    input_names: Sequence[str] | None = None
+    output_names: Sequence[str] | None = None
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+    exporter: Exporter = "auto"
+    fuse: bool = True
+    tolerance: float = DEFAULT_TOLERANCE
+    seed: int = 0
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+
+    def validate(self) -> None:
+        """Raise `UserError` for a value no export could use, before any work."""
+        if self.opset not in SUPPORTED_OPSETS:
+            raise UserError(
+                f"opset {self.opset} is not supported; pass --opset between "
+                f"{SUPPORTED_OPSETS.start} and {SUPPORTED_OPSETS.stop - 1} "
+                f"(default {DEFAULT_OPSET})"
+            )
+        if self.exporter not in EXPORTERS:
+            raise UserError(
+                f"unknown exporter '{self.exporter}'; choose one of {', '.join(EXPORTERS)}"
+            )
+        if not self.tolerance >= 0:
+            raise UserError(f"--tolerance must be >= 0, got {self.tolerance}")
 
 
 @dataclass
@@ -72,15 +133,8 @@ class ExportResult:
         }
 
 
-def manifest_path_for(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".manifest.json")
-
-
-def failed_path_for(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + FAILED_INFIX + ".onnx")
-
-
 def default_output(model: str | nn.Module) -> Path:
+    """`./NAME.onnx` for MODEL: the class name of a module, else the factory or file's name."""
     if isinstance(model, nn.Module):
         return Path(f"{type(model).__name__}.onnx")
     if ":" in model:
@@ -88,18 +142,106 @@ def default_output(model: str | nn.Module) -> Path:
     return Path(f"{Path(model).stem}.onnx")
 
 
-def _validate_options(output: Path, opset: int, exporter: str, tolerance: float) -> None:
-    if output.suffix != ".onnx":
-        raise UserError(f"output '{output}' must end in .onnx; pass -o NAME.onnx")
-    if opset not in SUPPORTED_OPSETS:
-        raise UserError(
-            f"opset {opset} is not supported; pass --opset between "
-            f"{SUPPORTED_OPSETS.start} and {SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+def export_model(
+    model: str | nn.Module,
+    output: str | Path | None = None,
+    options: ExportOptions | None = None,
+    *,
+    on_stage: StageCallback | None = None,
+    **overrides: Any,
+) -> ExportResult:
+    """Export MODEL to `output` (.onnx) with a `.manifest.json` beside it.
+
+    MODEL is a registered name, `package.module:factory`, a TorchScript file or an nn.Module
+    (not modified). `output` defaults to `./NAME.onnx`. `options` (default `ExportOptions()`)
+    says how; `overrides` are `ExportOptions` fields set on top, so
+    `export_model("se_resnet50", "m.onnx", dynamic_batch=True)` works without building one.
+    `on_stage` is called with each stage's name as it starts (load, export, simplify, fuse,
+    check, parity).
+
+    Raises `UserError` for bad input (nothing is written) and `ParityError` when ONNX Runtime
+    disagrees with PyTorch beyond the tolerance (the model is then kept as
+    `NAME.parity-failed.onnx` with its manifest; `ParityError.details` is `ExportResult.to_dict()`).
+    """
+    opts = dataclasses.replace(options or ExportOptions(), **overrides)
+    out = Path(output) if output is not None else default_output(model)
+    if out.suffix != ".onnx":
+        raise UserError(f"output '{out}' must end in .onnx; pass -o NAME.onnx")
+    opts.validate()
+    timer = StageTimer(on_stage)
+    with timer.stage("load"):
+        loaded = _load(model, opts)
+    with timer.stage("export"):
+        record = _export(loaded, opts)
+    with timer.stage("simplify"):
+        _simplify(record)
+    if opts.fuse:
+        with timer.stage("fuse"):
+            _fuse(record)
+    with staging_dir(out.parent) as staging:
+        staged = staging / out.name
+        parity = _check(record, loaded, opts, staged, timer)
+        dest, manifest, files = _publish(record, loaded, opts, parity, staged, out, timer)
+    manifest_path = write_json_atomic(manifest_path_for(dest), manifest)
+    result = ExportResult(dest, manifest_path, manifest, parity.passed, files[1:])
+    if not parity.passed:
+        raise ParityError(
+            f"ONNX Runtime differs from PyTorch by {parity.worst_rel_max_abs:.3g} x output scale "
+            f"(tolerance {opts.tolerance:g}); kept the model as {dest}",
+            details=result.to_dict(),
         )
-    if exporter not in EXPORTERS:
-        raise UserError(f"unknown exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
-    if not tolerance >= 0:
-        raise UserError(f"--tolerance must be >= 0, got {tolerance}")
+    return result
+
+
+@dataclass
+class _Loaded:
+    """MODEL after the load stage: weights in, eval mode, run once at the trace batch."""
+
+    source: ModelSource
+    checkpoint_report: dict[str, Any] | None
+    trace_batch: int
+    output_names: tuple[str, ...]
+    example_args: tuple[torch.Tensor, ...]
+    known_outputs: dict[int, dict[str, np.ndarray]]  # batch -> PyTorch outputs, for parity
+    pool_inputs: PoolInputs  # what the reference forward fed each adaptive pool
+
+
+def _load(model: str | nn.Module, options: ExportOptions) -> _Loaded:
+    """Resolve MODEL, load its weights and run the reference forward (export traces it)."""
+    if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        model = copy.deepcopy(model)  # baking spectral norm must not touch the caller's model
+    source = resolve_model(
+        model,
+        model_args=options.model_args,
+        input_shapes=options.input_shapes,
+        input_names=options.input_names,
+    )
+    if options.dynamic_batch and not source.dynamic_batch_allowed:
+        raise UserError(f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch")
+    report = load_weights(
+        source, options.checkpoint, options.checkpoint_key, options.use_ema, options.unsafe_load
+    )
+    trace_batch = TRACE_BATCH_DYNAMIC if options.dynamic_batch else source.inputs[0].shape[0]
+    feed = sample_inputs(source.inputs, seed=options.seed, batch=trace_batch)
+    with record_pool_inputs(source.module) as pool_inputs:
+        outputs = _run_reference(source.module, source.inputs, feed)
+    names = tuple(options.output_names or source.output_names or ())
+    if not names:
+        names = tuple(f"output_{i}" for i in range(len(outputs)))
+    if len(names) != len(outputs):
+        raise UserError(
+            f"{len(names)} output names for {len(outputs)} model outputs; "
+            "pass one --output-name per output"
+        )
+    return _Loaded(
+        source=source,
+        checkpoint_report=report,
+        trace_batch=trace_batch,
+        output_names=names,
+        example_args=tuple(torch.from_numpy(feed[i.name]) for i in source.inputs),
+        known_outputs={trace_batch: {n: t.numpy() for n, t in zip(names, outputs, strict=True)}},
+        pool_inputs=pool_inputs,
+    )
 
 
 def _run_reference(
@@ -157,114 +299,25 @@ def load_weights(
     return report
 
 
-def _fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    from sase_deploy.rewrite import fuse_model  # lazy: the rewrite stage imports ORT
-
-    result = fuse_model(model, self_check=True)
-    return result.model, {"applied": True, "status": "fused", "report": result.report}
-
-
-def _versions() -> dict[str, str]:
-    import onnx_graphsurgeon
-    import onnxruntime
-    import onnxscript
-
-    return {
-        "sase_deploy": __version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxscript": onnxscript.__version__,
-        "onnx_graphsurgeon": onnx_graphsurgeon.__version__,
-    }
-
-
-def export_model(
-    model: str | nn.Module,
-    output: str | Path | None = None,
-    *,
-    checkpoint: str | Path | None = None,
-    checkpoint_key: str | None = None,
-    use_ema: bool = True,
-    unsafe_load: bool = False,
-    model_args: Mapping[str, Any] | None = None,
-    input_shapes: Sequence[Sequence[int]] | None = None,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    dynamic_batch: bool = False,
-    opset: int = DEFAULT_OPSET,
-    exporter: Exporter = "auto",
-    fuse: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
-    seed: int = 0,
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-    on_stage: StageCallback | None = None,
-) -> ExportResult:
-    """Export MODEL to `output` (.onnx) with a `.manifest.json` beside it.
-
-    MODEL is a registered name, `package.module:factory`, a TorchScript file or an nn.Module.
-    Raises `UserError` for bad input (nothing is written) and `ParityError` when ONNX Runtime
-    disagrees with PyTorch beyond `tolerance` (the model is then kept as
-    `NAME.parity-failed.onnx` with its manifest; `ParityError.details` is `ExportResult.to_dict()`).
-    """
-    out = Path(output) if output is not None else default_output(model)
-    _validate_options(out, opset, exporter, tolerance)
-    stage = on_stage or (lambda _name: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    stage("load")
-    if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        model = copy.deepcopy(model)  # baking spectral norm must not touch the caller's model
-    source = resolve_model(
-        model, model_args=model_args, input_shapes=input_shapes, input_names=input_names
-    )
-    if dynamic_batch and not source.dynamic_batch_allowed:
-        raise UserError(f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch")
-    checkpoint_report = load_weights(source, checkpoint, checkpoint_key, use_ema, unsafe_load)
-    reference = source.module
-    trace_batch = TRACE_BATCH_DYNAMIC if dynamic_batch else source.inputs[0].shape[0]
-    feed = sample_inputs(source.inputs, seed=seed, batch=trace_batch)
-    with record_pool_inputs(reference) as pool_inputs:
-        ref_outputs = _run_reference(reference, source.inputs, feed)
-    names_out = tuple(output_names or source.output_names or ())
-    if not names_out:
-        names_out = tuple(f"output_{i}" for i in range(len(ref_outputs)))
-    if len(names_out) != len(ref_outputs):
-        raise UserError(
-            f"{len(names_out)} output names for {len(ref_outputs)} model outputs; "
-            "pass one --output-name per output"
-        )
-    example_args = tuple(torch.from_numpy(feed[i.name]) for i in source.inputs)
-    known_outputs = {
-        trace_batch: {n: t.numpy() for n, t in zip(names_out, ref_outputs, strict=True)}
-    }
-    lap("load")
-
-    stage("export")
-    to_export, lowerings = lower_for_export(reference, pool_inputs)
+def _export(loaded: _Loaded, options: ExportOptions) -> GraphRecord:
+    """torch -> ONNX with the chosen exporter, after lowering what it cannot export."""
+    source = loaded.source
+    to_export, lowerings = lower_for_export(source.module, loaded.pool_inputs)
     try:
         outcome = export_onnx(
             to_export,
-            example_args,
+            loaded.example_args,
             input_names=[i.name for i in source.inputs],
-            output_names=names_out,
-            opset=opset,
-            dynamic_batch=dynamic_batch,
-            exporter=exporter,
+            output_names=loaded.output_names,
+            opset=options.opset,
+            dynamic_batch=options.dynamic_batch,
+            exporter=options.exporter,
         )
     except ExportFailed as exc:
         raise UserError(
             f"cannot export '{source.reference}': {exc}; try the other --exporter, drop "
             "--dynamic-batch, or simplify the model's forward"
         ) from None
-    exported_nodes = graph_ops.node_count(outcome.model)
     # Before simplification: constant folding would bake a shape-static RandomNormal into a
     # constant, hiding the randomness instead of refusing it.
     randoms = graph_ops.random_nodes(outcome.model)
@@ -274,146 +327,82 @@ def export_model(
             "with noise off/fixed or as an input (registered generators: --model-arg "
             "noise=off|seed:N|input)"
         )
-    lap("export")
+    counts = {"exported": graph_ops.node_count(outcome.model)}
+    return GraphRecord(outcome.model, outcome, lowerings, counts)
 
-    stage("simplify")
-    final = canonicalise(outcome.model, rename_all=True, strict=True)
-    simplified_nodes = graph_ops.node_count(final)
-    lap("simplify")
 
-    fusion: dict[str, Any] = {"applied": False, "status": "skipped (--no-fuse)"}
-    if fuse:
-        stage("fuse")
-        final, fusion = _fuse(final)
-        final = name_nodes(final)
-        lap("fuse")
+def _simplify(record: GraphRecord) -> None:
+    """Fold constants, clean up and name every node the same way whichever exporter ran."""
+    record.model = canonicalise(record.model, rename_all=True, strict=True)
+    record.node_counts["simplified"] = graph_ops.node_count(record.model)
 
-    batches = sorted({*DYNAMIC_PARITY_BATCHES, trace_batch}) if dynamic_batch else [trace_batch]
-    with staging_dir(out.parent) as staging:
-        stage("check")
-        staged = staging / out.name
-        save_model(final, staged, threshold=external_data_threshold)
+
+def _fuse(record: GraphRecord) -> None:
+    from sase_deploy.rewrite import fuse_model  # lazy: the rewrite stage imports ORT
+
+    result = fuse_model(record.model, self_check=True)
+    record.model = name_nodes(result.model)
+    record.fusion = {"applied": True, "status": "fused", "report": result.report}
+
+
+def _check(
+    record: GraphRecord, loaded: _Loaded, options: ExportOptions, staged: Path, timer: StageTimer
+) -> ParityReport:
+    """Save the model to `staged`, run the ONNX checker on it, then compare ORT with PyTorch."""
+    batch = loaded.trace_batch
+    batches = sorted({*DYNAMIC_PARITY_BATCHES, batch}) if options.dynamic_batch else [batch]
+    with timer.stage("check"):
+        save_model(record.model, staged, threshold=options.external_data_threshold)
         onnx.checker.check_model(str(staged), full_check=True)  # by path: external data too
-        lap("check")
-
-        stage("parity")
+    with timer.stage("parity"):
         parity = check_parity(
-            reference,
+            loaded.source.module,
             staged,
-            source.inputs,
-            names_out,
+            loaded.source.inputs,
+            loaded.output_names,
             batches=batches,
-            tolerance=tolerance,
-            seed=seed,
-            known=known_outputs,
+            tolerance=options.tolerance,
+            seed=options.seed,
+            known=loaded.known_outputs,
         )
-        lap("parity")
-
-        dest = out if parity.passed else failed_path_for(out)
-        if not parity.passed:  # re-stage under the failed name so a data file matches it
-            staged.unlink()
-            data = staging / f"{out.name}.data"
-            data.unlink(missing_ok=True)
-            staged = staging / dest.name
-            save_model(final, staged, threshold=external_data_threshold)
-        manifest = _manifest(
-            source=source,
-            dest=dest,
-            staged=staged,
-            final=final,
-            checkpoint_report=checkpoint_report,
-            outcome_exporter=outcome.exporter,
-            attempts=outcome.attempts,
-            notes=outcome.notes,
-            lowerings=[low.to_dict() for low in lowerings],
-            node_counts={
-                "exported": exported_nodes,
-                "simplified": simplified_nodes,
-                "final": graph_ops.node_count(final),
-            },
-            opset=opset,
-            dynamic_batch=dynamic_batch,
-            fusion=fusion,
-            parity=parity,
-            timings=timings,
-        )
-        files = publish(staged, dest)
-    manifest_path = write_json_atomic(manifest_path_for(dest), manifest)
-    result = ExportResult(dest, manifest_path, manifest, parity.passed, files[1:])
-    if not parity.passed:
-        raise ParityError(
-            f"ONNX Runtime differs from PyTorch by {parity.worst_rel_max_abs:.3g} x output scale "
-            f"(tolerance {tolerance:g}); kept the model as {dest}",
-            details=result.to_dict(),
-        )
-    return result
+    return parity
 
 
-def _manifest(
-    *,
-    source: ModelSource,
-    dest: Path,
-    staged: Path,
-    final: onnx.ModelProto,
-    checkpoint_report: dict[str, Any] | None,
-    outcome_exporter: str,
-    attempts: list[dict[str, str]],
-    notes: list[str],
-    lowerings: list[dict[str, str]],
-    node_counts: dict[str, int],
-    opset: int,
-    dynamic_batch: bool,
-    fusion: dict[str, Any],
+def _publish(
+    record: GraphRecord,
+    loaded: _Loaded,
+    options: ExportOptions,
     parity: ParityReport,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    data_file = staged.parent / f"{staged.name}.data"
-    spec = source.spec
-    return {
-        "format": MANIFEST_FORMAT,
-        "status": "ok" if parity.passed else "parity-failed",
-        "onnx": dest.name,
-        "onnx_sha256": sha256_file(staged),
-        "external_data": f"{dest.name}.data" if data_file.exists() else None,
-        "source": {
-            "model": source.reference,
-            "kind": source.kind,
-            "model_args": {
-                k: repr(v) if not _jsonable(v) else v for k, v in source.model_args.items()
-            },
-            "family": spec.family if spec else None,
-            "task": spec.task if spec else None,
-        },
-        "checkpoint": checkpoint_report,
-        "checkpoint_sha256": checkpoint_report["sha256"] if checkpoint_report else None,
-        "inputs": graph_ops.describe_values(list(final.graph.input)),
-        "outputs": graph_ops.describe_values(list(final.graph.output)),
-        "dynamic_batch": dynamic_batch,
-        "opset": opset,
-        "ir_version": final.ir_version,
-        "exporter": outcome_exporter,
-        "exporter_failures": attempts,
-        "notes": notes,
-        "lowerings": lowerings,
-        "simplifier": "onnx-graphsurgeon fold_constants + cleanup + toposort",
-        "fusion": fusion,
-        "node_counts": node_counts,
-        "ops": graph_ops.op_histogram(final),
-        "parity": parity.to_dict(),
-        "versions": _versions(),
-        "timings_s": timings,
-    }
-
-
-def _jsonable(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool | type(None)) or (
-        isinstance(value, list | tuple) and all(_jsonable(v) for v in value)
+    staged: Path,
+    out: Path,
+    timer: StageTimer,
+) -> tuple[Path, dict[str, Any], list[Path]]:
+    """Move the checked model from `staged` to `out` (or its failed name); return where it went,
+    its manifest (the caller writes it once the staging folder is gone) and the files moved."""
+    dest = out if parity.passed else failed_path_for(out)
+    if not parity.passed:  # re-stage under the failed name so a data file matches it
+        staged.unlink()
+        staged.with_name(f"{out.name}.data").unlink(missing_ok=True)
+        staged = staged.with_name(dest.name)
+        save_model(record.model, staged, threshold=options.external_data_threshold)
+    manifest = build_manifest(
+        source=loaded.source,
+        checkpoint_report=loaded.checkpoint_report,
+        record=record,
+        opset=options.opset,
+        dynamic_batch=options.dynamic_batch,
+        parity=parity,
+        dest=dest,
+        staged=staged,
+        timings=rounded(timer.timings),
     )
+    return dest, manifest, publish(staged, dest)
 
 
 __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_TOLERANCE",
+    "ExportOptions",
     "ExportResult",
     "export_model",
     "failed_path_for",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
+from sase_deploy.graph_io.ops import reduce_axes as read_reduce_axes
 from sase_deploy.rewrite.graph_utils import (
     const_value,
     producer,
@@ -65,12 +66,11 @@ class GateAnalysis:
 
 
 def reduce_axes(node: gs.Node) -> list[int] | None:
-    """Axes of a Reduce* node (attribute before opset 18, input since), None when unknown."""
-    if len(node.inputs) > 1:
-        axes = const_value(node.inputs[1])
-        return None if axes is None else [int(a) for a in axes.reshape(-1)]
-    value = node.attrs.get("axes")
-    return None if value is None else [int(a) for a in value]
+    """Axes of a Reduce* (or Unsqueeze/Squeeze) node, attribute before opset 18 (13), input
+    since: `[]` for every axis, None when computed at run time."""
+    inputs = [t for t in node.inputs if t.name]  # an omitted optional input is an empty name
+    axes = const_value(inputs[1]) if len(inputs) > 1 else None
+    return read_reduce_axes(node.attrs.get("axes"), axes, len(inputs))
 
 
 def _is_spatial_reduce(node: gs.Node) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sase_deploy.errors import UserError
+from sase_deploy.errors import UserError, first_line
 from sase_deploy.report.compare import compare_outputs, worst_relative
 from sase_deploy.rewrite.graph_utils import export_model, import_graph
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
@@ -129,6 +129,16 @@ def _io_kept(original: list[Any], candidate: list[Any]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """One self-check verdict: `ok`, the differences measured (`max_abs_diff`, `max_rel_diff`,
+    `max_block_rel_diff`; empty when the candidate was not run) and, when not ok, why."""
+
+    ok: bool
+    stats: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
 @dataclass
 class _Checker:
     """Runs candidates against the original model: each rewritten block's output, and the
@@ -167,9 +177,8 @@ class _Checker:
             try:
                 self.reference = _run(self.original, self.feed)
             except Exception as exc:  # any ORT failure means the same to the user
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise UserError(
-                    f"the input model does not run on ONNX Runtime CPU ({first}); "
+                    f"the input model does not run on ONNX Runtime CPU ({first_line(exc)}); "
                     "fix the model or pass --no-self-check"
                 ) from exc
             self.noise_floor = self._measure_noise_floor()
@@ -216,18 +225,19 @@ class _Checker:
 
     def __call__(
         self, candidate: onnx.ModelProto, block_outputs: Sequence[str] = ()
-    ) -> tuple[bool, dict[str, float], str | None]:
-        """(ok, {max_abs, max_rel, max_block_rel}, why not); `block_outputs` are the tensors
-        holding the rewritten blocks' results (checked where both graphs have them)."""
+    ) -> CheckResult:
+        """Judge `candidate`; `block_outputs` are the tensors holding the rewritten blocks'
+        results (checked where both graphs have them)."""
         if not _io_kept(self.signature, _io_signature(candidate)):
-            return False, {}, "the rewrite changed graph input/output names or shapes"
+            why = "the rewrite changed graph input/output names or shapes"
+            return CheckResult(False, reason=why)
         try:
             if self.use_checker:
                 onnx.checker.check_model(candidate)
         except onnx.checker.ValidationError as exc:
-            return False, {}, f"onnx.checker failed: {str(exc).splitlines()[0]}"
+            return CheckResult(False, reason=f"onnx.checker failed: {first_line(exc)}")
         if not self.enabled:
-            return True, {}, None
+            return CheckResult(True)
         self.checks += 1
         graph_outputs = {o.name for o in self.original.graph.output}
         blocks = sorted(
@@ -241,16 +251,27 @@ class _Checker:
         try:
             got = _run(candidate, self.feed, blocks)
         except Exception as exc:  # a graph ORT rejects is reverted, not fatal
-            return False, {}, f"ORT failed on the rewritten graph: {str(exc).splitlines()[0]}"
+            return CheckResult(
+                False, reason=f"ORT failed on the rewritten graph: {first_line(exc)}"
+            )
         block_ref = {name: self.block_reference[name] for name in blocks}
         block_got = {name: got.pop(name) for name in blocks}
         mismatch = _non_finite_mismatch(self.reference, got) or _non_finite_mismatch(
             block_ref, block_got
         )
         if mismatch is not None:
-            return False, {}, mismatch
+            return CheckResult(False, reason=mismatch)
+        return self._judge(got, block_ref, block_got)
+
+    def _judge(
+        self,
+        got: dict[str, np.ndarray],
+        block_ref: dict[str, np.ndarray],
+        block_got: dict[str, np.ndarray],
+    ) -> CheckResult:
+        """The finite outputs against the tolerances: blocks first, then the network."""
         diffs = compare_outputs(*_finite_parts(self.reference, got))
-        block_diffs = compare_outputs(*_finite_parts(block_ref, block_got)) if blocks else []
+        block_diffs = compare_outputs(*_finite_parts(block_ref, block_got)) if block_ref else []
         stats = {
             "max_abs_diff": max((d.max_abs for d in diffs), default=0.0),
             "max_rel_diff": worst_relative(diffs),
@@ -259,27 +280,23 @@ class _Checker:
         over = [d for d in block_diffs if d.rel_max_abs > self.block_tolerance(d.name)]
         worst = max(over, key=lambda d: d.rel_max_abs, default=None)
         if worst is not None:
-            return (
+            return CheckResult(
                 False,
                 stats,
-                (
-                    f"self-check: block output '{worst.name}' differs by "
-                    f"{worst.rel_max_abs:.2e} of its scale (tolerance "
-                    f"{self.block_tolerance(worst.name):.1e})"
-                ),
+                f"self-check: block output '{worst.name}' differs by "
+                f"{worst.rel_max_abs:.2e} of its scale (tolerance "
+                f"{self.block_tolerance(worst.name):.1e})",
             )
         if stats["max_rel_diff"] > self.network_tolerance:
-            return (
+            return CheckResult(
                 False,
                 stats,
-                (
-                    f"self-check: outputs differ by {stats['max_rel_diff']:.2e} of their scale "
-                    f"(tolerance {self.network_tolerance:.1e} = max({self.tolerance:.0e}, "
-                    f"{NOISE_FLOOR_FACTOR:g} x noise floor {self.noise_floor:.1e}))"
-                ),
+                f"self-check: outputs differ by {stats['max_rel_diff']:.2e} of their scale "
+                f"(tolerance {self.network_tolerance:.1e} = max({self.tolerance:.0e}, "
+                f"{NOISE_FLOOR_FACTOR:g} x noise floor {self.noise_floor:.1e}))",
             )
         self.worst_block = max(self.worst_block, stats["max_block_rel_diff"])
-        return True, stats, None
+        return CheckResult(True, stats)
 
 
 def _non_finite_mismatch(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str | None:
@@ -308,9 +325,9 @@ def _finite_parts(
     return clean_ref, clean_got
 
 
-def _collect(rule: RewriteRule, graph: Any) -> tuple[list[Match], list[Decline]]:
+def _collect(rule: RewriteRule[Any], graph: Any) -> tuple[list[Match[Any]], list[Decline]]:
     """Matches (checked, non-overlapping, first wins) and declines of `rule` on `graph`."""
-    matches: list[Match] = []
+    matches: list[Match[Any]] = []
     declines: list[Decline] = []
     claimed: set[int] = set()
     for anchor in list(rule.candidates(graph)):
@@ -334,8 +351,8 @@ def _collect(rule: RewriteRule, graph: Any) -> tuple[list[Match], list[Decline]]
 
 
 def _apply(
-    model: onnx.ModelProto, rule: RewriteRule, anchors: set[str] | None
-) -> tuple[onnx.ModelProto, list[Match], list[Decline], dict[str, str]]:
+    model: onnx.ModelProto, rule: RewriteRule[Any], anchors: set[str] | None
+) -> tuple[onnx.ModelProto, list[Match[Any]], list[Decline], dict[str, str]]:
     """Apply `rule` to a fresh import of `model` (only at `anchors` when given).
 
     Returns the rewritten model, the matches applied, the declines, and rewrite errors by anchor.
@@ -354,84 +371,104 @@ def _apply(
     return export_model(graph, model), matches, declines, errors
 
 
+def _verdict(
+    check: _Checker,
+    candidate: onnx.ModelProto,
+    outputs: list[str],
+    errors: dict[str, str],
+    on_error: str | None,
+) -> CheckResult:
+    """`check(candidate, outputs)`; not run when a rewrite raised (failed, reason `on_error`)."""
+    return CheckResult(False, reason=on_error) if errors else check(candidate, outputs)
+
+
 def _rule_batch(
-    model: onnx.ModelProto, rule: RewriteRule, check: _Checker
-) -> tuple[onnx.ModelProto, dict[str, Any], list[Match]]:
+    model: onnx.ModelProto, rule: RewriteRule[Any], check: _Checker
+) -> tuple[onnx.ModelProto, dict[str, Any], list[Match[Any]]]:
     """One rule over the whole graph with self-check and per-match fallback."""
     candidate, matches, declines, errors = _apply(model, rule, None)
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
     stats: dict[str, float] = {}
     accepted = model
-    if matches and all(m.captures.get("canonical") for m in matches):
+    if matches and all(m.captures.canonical for m in matches):
         status = {m.anchor: "unchanged" for m in matches}
     elif matches:
         outputs = {m.anchor: [m.block_output] if m.block_output else [] for m in matches}
         every = [name for names in outputs.values() for name in names]
-        ok, stats, why = check(candidate, every) if not errors else (False, {}, "a rewrite raised")
-        if ok:
-            accepted = candidate
-            good = [m.anchor for m in matches]
+        batch = _verdict(check, candidate, every, errors, "a rewrite raised")
+        if batch.ok:
+            accepted, good, stats = candidate, list(outputs), batch.stats
         else:
-            good = []
-            for match in matches:  # isolate the offending matches
-                if match.anchor in errors:
-                    reasons[match.anchor] = errors[match.anchor]
-                    continue
-                alone, _, _, err = _apply(model, rule, {match.anchor})
-                ok1, _, why1 = (
-                    check(alone, outputs[match.anchor])
-                    if not err
-                    else (False, {}, next(iter(err.values())))
-                )
-                if ok1:
-                    good.append(match.anchor)
-                else:
-                    reasons[match.anchor] = why1 or why or "self-check failed"
-            kept = model
-            if good:
-                together, _, _, err = _apply(model, rule, set(good))
-                kept_outputs = [name for a in good for name in outputs[a]]
-                ok2, stats2, _ = check(together, kept_outputs) if not err else (False, {}, None)
-                if ok2:
-                    kept, stats = together, stats2
-                else:  # matches interact: accumulate one at a time
-                    for anchor in list(good):
-                        trial, _, _, err = _apply(kept, rule, {anchor})
-                        ok3, stats3, why3 = (
-                            check(trial, outputs[anchor]) if not err else (False, {}, None)
-                        )
-                        if ok3:
-                            kept, stats = trial, stats3
-                        else:
-                            good.remove(anchor)
-                            reasons[anchor] = why3 or "self-check failed in combination"
-            accepted = kept
+            accepted, good, stats = _isolate(model, rule, check, outputs, errors, batch, reasons)
         for match in matches:
-            unchanged = bool(match.captures.get("canonical"))
             if match.anchor in good:
-                status[match.anchor] = "unchanged" if unchanged else "applied"
+                status[match.anchor] = "unchanged" if match.captures.canonical else "applied"
             else:
                 status[match.anchor] = "reverted"
     entry = {
         "rule": rule.name,
-        "matches": [
-            {
-                "anchor": m.anchor,
-                "kind": m.kind,
-                "block_output": m.block_output,
-                "status": status.get(m.anchor, "applied"),
-                **({"reason": reasons[m.anchor]} if m.anchor in reasons else {}),
-                **{k: v for k, v in m.captures.items() if isinstance(v, int | float | str)},
-            }
-            for m in matches
-        ],
+        "matches": [_match_entry(m, status, reasons) for m in matches],
         "declines": [{"anchor": d.anchor, "reason": d.reason} for d in declines],
         "applied": sum(1 for s in status.values() if s == "applied"),
         "reverted": sum(1 for s in status.values() if s == "reverted"),
         "self_check": stats,
     }
     return accepted, entry, matches
+
+
+def _isolate(
+    model: onnx.ModelProto,
+    rule: RewriteRule[Any],
+    check: _Checker,
+    outputs: dict[str, list[str]],
+    errors: dict[str, str],
+    batch: CheckResult,
+    reasons: dict[str, str],
+) -> tuple[onnx.ModelProto, list[str], dict[str, float]]:
+    """After a failed batch: each match re-applied alone from `model`; those that pass are kept
+    together, or accumulated one at a time when they interact. Returns (the model with the kept
+    matches, their anchors, the last passing check's stats); the others' reasons go to
+    `reasons`."""
+    good = []
+    for anchor in outputs:
+        if anchor in errors:
+            reasons[anchor] = errors[anchor]
+            continue
+        alone, _, _, err = _apply(model, rule, {anchor})
+        result = _verdict(check, alone, outputs[anchor], err, next(iter(err.values()), None))
+        if result.ok:
+            good.append(anchor)
+        else:
+            reasons[anchor] = result.reason or batch.reason or "self-check failed"
+    if not good:
+        return model, good, batch.stats
+    together, _, _, err = _apply(model, rule, set(good))
+    result = _verdict(check, together, [name for a in good for name in outputs[a]], err, None)
+    if result.ok:
+        return together, good, result.stats
+    kept, stats = model, batch.stats
+    for anchor in list(good):
+        trial, _, _, err = _apply(kept, rule, {anchor})
+        result = _verdict(check, trial, outputs[anchor], err, None)
+        if result.ok:
+            kept, stats = trial, result.stats
+        else:
+            good.remove(anchor)
+            reasons[anchor] = result.reason or "self-check failed in combination"
+    return kept, good, stats
+
+
+def _match_entry(match: Match[Any], status: dict[str, str], reasons: dict[str, str]) -> dict:
+    """A match as the report lists it: where, what, its status and the rule's scalars."""
+    return {
+        "anchor": match.anchor,
+        "kind": match.kind,
+        "block_output": match.block_output,
+        "status": status.get(match.anchor, "applied"),
+        **({"reason": reasons[match.anchor]} if match.anchor in reasons else {}),
+        **match.captures.report(),
+    }
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -441,7 +478,7 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def fuse_model(
     model: onnx.ModelProto,
     *,
-    rules: Sequence[RewriteRule] = DEFAULT_RULES,
+    rules: Sequence[RewriteRule[Any]] = DEFAULT_RULES,
     self_check: bool = True,
     as_functions: bool = False,
     tolerance: float = 1e-5,
@@ -481,15 +518,15 @@ def fuse_model(
         from sase_deploy.rewrite.functions import wrap_blocks_as_functions
 
         wrapped, functions_report = wrap_blocks_as_functions(current, blocks, prefixes)
-        ok, _, why = check(wrapped)
-        if ok:
+        wrapped_check = check(wrapped)
+        if wrapped_check.ok:
             current = wrapped
         else:
-            functions_report = {"error": why, "functions": {}}
+            functions_report = {"error": wrapped_check.reason, "functions": {}}
     block_outputs = sorted(set(blocks) & check.original_tensors)  # keys: block_output names
-    ok, final_stats, why = check(current, block_outputs)
-    if not ok:  # every batch passed; only a bug could get here
-        raise RuntimeError(f"fused model failed its final check: {why}")
+    final = check(current, block_outputs)
+    if not final.ok:  # every batch passed; only a bug could get here
+        raise RuntimeError(f"fused model failed its final check: {final.reason}")
     counts = collections.Counter(blocks.values())
     report = {
         "blocks_found": dict(sorted(counts.items())),
@@ -511,7 +548,7 @@ def fuse_model(
             # below 1.0 the original overflows on the seeded inputs: only the finite part and
             # the positions of inf/nan are compared
             "reference_finite_fraction": check.finite_fraction,
-            **final_stats,
+            **final.stats,
         },
         "as_functions": functions_report,
     }

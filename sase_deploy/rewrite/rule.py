@@ -11,19 +11,41 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 import onnx_graphsurgeon as gs
 
+# A scalar a match shows in the report (JSON-able).
+ReportValue = bool | int | float | str
+
+
+@dataclass(kw_only=True)
+class Captures:
+    """What a match carries from `match`/`check` to `rewrite`. Each rule subclasses it with the
+    typed fields its rewrite needs; rules that need none use it as is.
+
+    `canonical`: the block is already in the rule's target form (found and counted, left as is;
+    the driver reports it `unchanged`).
+    """
+
+    canonical: bool = False
+
+    def report(self) -> dict[str, ReportValue]:
+        """The scalars listed in this match's entry of the fusion report."""
+        return {"canonical": True} if self.canonical else {}
+
+
+C = TypeVar("C", bound=Captures)
+
 
 @dataclass
-class Match:
+class Match(Generic[C]):
     """A subgraph a rule may rewrite.
 
     `kind` is the block kind reported in `blocks_found` (`se`, `sle`, `sase`, `spse`, `rgse`,
     `eca`, `cbam_channel`, `se_like`) or None for rules that do not find blocks (cleanup).
     `anchor` names the node that identifies the match (stable across runs), `nodes` are the
-    nodes the rewrite replaces, `captures` whatever the rewrite needs (tensors, constants).
+    nodes the rewrite replaces, `captures` the rule's typed record of what the rewrite needs.
     `block_output` names the tensor that holds the block's result (the gate Mul's output for
     SE-family gates, `xb * style` for SASE); rewrites keep that name, and the driver counts a
     block once per `block_output` over the whole pass (the first rule in the tuple that reports
@@ -32,9 +54,9 @@ class Match:
 
     rule: str
     anchor: str
+    captures: C
     kind: str | None = None
     nodes: list[gs.Node] = field(default_factory=list)
-    captures: dict[str, Any] = field(default_factory=dict)
     block_output: str | None = None
 
 
@@ -47,8 +69,9 @@ class Decline:
     reason: str
 
 
-class RewriteRule(abc.ABC):
-    """One rewrite. Subclasses set `name` and implement the four steps."""
+class RewriteRule(abc.ABC, Generic[C]):
+    """One rewrite, its matches carrying captures of type `C`. Subclasses set `name` and
+    implement the steps."""
 
     name: str = "rule"
 
@@ -57,13 +80,13 @@ class RewriteRule(abc.ABC):
         """Nodes at which a match may be anchored (e.g. every Mul)."""
 
     @abc.abstractmethod
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[C] | Decline | None:
         """Structural match around `anchor`. None: not even a near miss (not reported)."""
 
-    def check(self, graph: gs.Graph, match: Match) -> str | None:
+    def check(self, graph: gs.Graph, match: Match[C]) -> str | None:
         """Conditions for an exact rewrite; a string is the reason to decline."""
         return None
 
     @abc.abstractmethod
-    def rewrite(self, graph: gs.Graph, match: Match) -> None:
+    def rewrite(self, graph: gs.Graph, match: Match[C]) -> None:
         """Replace `match` in `graph` in place (the driver cleans up and toposorts)."""

@@ -9,17 +9,35 @@ GlobalAveragePools of one map that separate rewrites leave behind): that is this
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import is_graph_output, replace_uses
-from sase_deploy.rewrite.rule import Match, RewriteRule
+from sase_deploy.rewrite.rule import Captures, Match, ReportValue, RewriteRule
 
 _LARGE = 1 << 16  # constants above this many bytes are compared by hash first
 
 
-class Cleanup(RewriteRule):
+@dataclass
+class CleanupCaptures(Captures):
+    """What the cleanup found (reported; the rewrite finds it again on the graph it gets)."""
+
+    identity_nodes: int
+    duplicate_constant_groups: int
+    duplicate_nodes: int
+
+    def report(self) -> dict[str, ReportValue]:
+        return {
+            **super().report(),
+            "identity_nodes": self.identity_nodes,
+            "duplicate_constant_groups": self.duplicate_constant_groups,
+            "duplicate_nodes": self.duplicate_nodes,
+        }
+
+
+class Cleanup(RewriteRule[CleanupCaptures]):
     """One whole-graph match: remove Identity nodes, merge equal constants and equal nodes."""
 
     name = "cleanup"
@@ -27,7 +45,7 @@ class Cleanup(RewriteRule):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return iter(graph.nodes[:1])
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[CleanupCaptures] | None:
         identities = [n for n in graph.nodes if _removable_identity(graph, n)]
         constants = len(_constant_groups(graph))
         duplicates = len(_duplicate_nodes(graph))
@@ -36,14 +54,10 @@ class Cleanup(RewriteRule):
         return Match(
             rule=self.name,
             anchor="graph",
-            captures={
-                "identity_nodes": len(identities),
-                "duplicate_constant_groups": constants,
-                "duplicate_nodes": duplicates,
-            },
+            captures=CleanupCaptures(len(identities), constants, duplicates),
         )
 
-    def rewrite(self, graph: gs.Graph, match: Match) -> None:
+    def rewrite(self, graph: gs.Graph, match: Match[CleanupCaptures]) -> None:
         for node in [n for n in graph.nodes if _removable_identity(graph, n)]:
             replace_uses(graph, node.outputs[0], node.inputs[0])
             node.outputs.clear()

@@ -15,6 +15,7 @@ canonical (B, C, 1, 1) value (or to itself, for pooled maps), op by op.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from sase_deploy.rewrite.graph_utils import (
     shape_of,
     spatial_size,
 )
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rule import Captures, Decline, Match, RewriteRule
 
 # Ops a canonical gate may contain; anything else in a gate means there is work to do.
 CANONICAL_OPS = frozenset(
@@ -57,7 +58,14 @@ class Unsupported(Exception):
     """The gate contains something the canonical emitter cannot express (a decline reason)."""
 
 
-class SeGateCanonicalise(RewriteRule):
+@dataclass
+class GateCaptures(Captures):
+    """A recognised gate: its dataflow analysis (`canonical` once `check` finds nothing to do)."""
+
+    analysis: GateAnalysis
+
+
+class SeGateCanonicalise(RewriteRule[GateCaptures]):
     """Recognise SE-family gates by dataflow and rewrite them to the canonical form."""
 
     name = "se_gate"
@@ -65,7 +73,7 @@ class SeGateCanonicalise(RewriteRule):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return (node for node in list(graph.nodes) if node.op == "Mul")
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[GateCaptures] | Decline | None:
         analysis = analyse_gate(anchor)
         if analysis is None:
             return None
@@ -76,12 +84,12 @@ class SeGateCanonicalise(RewriteRule):
             anchor=anchor.name,
             kind=classify_kind(analysis),
             nodes=[*analysis.nodes, anchor],
-            captures={"analysis": analysis},
+            captures=GateCaptures(analysis),
             block_output=anchor.outputs[0].name,
         )
 
-    def check(self, graph: gs.Graph, match: Match) -> str | None:
-        analysis: GateAnalysis = match.captures["analysis"]
+    def check(self, graph: gs.Graph, match: Match[GateCaptures]) -> str | None:
+        analysis = match.captures.analysis
         inside = {id(n) for n in match.nodes}
         for node in analysis.nodes:
             for out in node.outputs:
@@ -98,13 +106,13 @@ class SeGateCanonicalise(RewriteRule):
             for n in analysis.nodes
         )
         if canonical_ops and not _foldable(analysis):
-            match.captures["canonical"] = True
+            match.captures.canonical = True
         return None
 
-    def rewrite(self, graph: gs.Graph, match: Match) -> None:
-        if match.captures.get("canonical"):
+    def rewrite(self, graph: gs.Graph, match: Match[GateCaptures]) -> None:
+        if match.captures.canonical:
             return  # already canonical: found and counted, nothing to change
-        analysis: GateAnalysis = match.captures["analysis"]
+        analysis = match.captures.analysis
         emitter = _Emitter(graph, analysis, prefix=f"{self.name}/{match.anchor}")
         gate = emitter.emit()
         mul = analysis.mul

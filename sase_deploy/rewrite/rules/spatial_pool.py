@@ -46,7 +46,7 @@ from sase_deploy.rewrite.graph_utils import (
     producer,
     shape_of,
 )
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rule import Captures, Decline, Match, ReportValue, RewriteRule
 
 # Ops a pooling subgraph may contain: linear in X or pure data movement. Anything else bounds it.
 POOLING_OPS = frozenset(
@@ -106,6 +106,23 @@ class _Squeeze:
 
 class _NoMatch(Exception):
     pass
+
+
+@dataclass
+class PoolCaptures(Captures):
+    """A squeeze to collapse; `check` fills in the collapsed weights and the form chosen."""
+
+    squeeze: _Squeeze
+    kernel: np.ndarray | None = None  # (C, 1, H, W): the whole squeeze as one depthwise conv
+    bias: np.ndarray | None = None  # (C,)
+    form: str | None = None  # reported: what the rewrite makes of the squeeze
+    folded_weight: np.ndarray | None = None  # the kept pool's dw conv with BN folded in
+
+    def report(self) -> dict[str, ReportValue]:
+        fields = super().report()
+        if self.form is not None:
+            fields["form"] = self.form
+        return fields
 
 
 def _sum_leaves(tensor: gs.Tensor, nodes: list[gs.Node]) -> list[gs.Tensor]:
@@ -203,7 +220,7 @@ def _subgraph_model(
     return model
 
 
-class SpatialPoolCollapse(RewriteRule):
+class SpatialPoolCollapse(RewriteRule[PoolCaptures]):
     """Collapse SPSE/RGSE multi-scale pooling squeezes into one depthwise full-map conv."""
 
     name = "spatial_pool"
@@ -211,7 +228,7 @@ class SpatialPoolCollapse(RewriteRule):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return (node for node in graph.nodes if node.op == "Relu")
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[PoolCaptures] | Decline | None:
         try:
             squeeze = self._parse(anchor.inputs[0])
         except _NoMatch:
@@ -233,7 +250,7 @@ class SpatialPoolCollapse(RewriteRule):
             anchor=anchor.name,
             kind=kind,
             nodes=squeeze.nodes,
-            captures={"squeeze": squeeze},
+            captures=PoolCaptures(squeeze),
             block_output=None if gate is None else gate.outputs[0].name,
         )
 
@@ -303,8 +320,9 @@ class SpatialPoolCollapse(RewriteRule):
             raise _NoMatch  # a bare pool -> ReLU: only a region pool (RGSE layer4) is claimed
         return _Squeeze(xs[0], end, branches, bias_terms, bn, nodes)
 
-    def check(self, graph: gs.Graph, match: Match) -> str | None:
-        squeeze: _Squeeze = match.captures["squeeze"]
+    def check(self, graph: gs.Graph, match: Match[PoolCaptures]) -> str | None:
+        captures = match.captures
+        squeeze = captures.squeeze
         shape = shape_of(squeeze.x)
         assert shape is not None
         channels, height, width = int(shape[1]), int(shape[2]), int(shape[3])  # type: ignore[arg-type]
@@ -332,19 +350,19 @@ class SpatialPoolCollapse(RewriteRule):
                 return "the descriptor BatchNormalization is not in inference form"
             kernel *= params.scale[:, None]
             bias = bias * params.scale + params.shift
-        match.captures["kernel"] = kernel.reshape(channels, 1, height, width).astype(np.float32)
-        match.captures["bias"] = bias.astype(np.float32)
-        problem = self._verify(graph, squeeze, match.captures["kernel"], match.captures["bias"])
+        captures.kernel = kernel.reshape(channels, 1, height, width).astype(np.float32)
+        captures.bias = bias.astype(np.float32)
+        problem = self._verify(graph, squeeze, captures.kernel, captures.bias)
         if problem is None and _reads_map_once(squeeze):
-            self._keep_pool(squeeze, bias, match)
-        elif _is_global_mean(match.captures["kernel"], match.captures["bias"]):
-            match.captures["form"] = "global mean"
+            self._keep_pool(squeeze, bias, captures)
+        elif _is_global_mean(captures.kernel, captures.bias):
+            captures.form = "global mean"
         else:
-            match.captures["form"] = "collapsed depthwise conv"
+            captures.form = "collapsed depthwise conv"
         return problem
 
     @staticmethod
-    def _keep_pool(squeeze: _Squeeze, bias: np.ndarray, match: Match) -> None:
+    def _keep_pool(squeeze: _Squeeze, bias: np.ndarray, captures: PoolCaptures) -> None:
         """Keep the strided AveragePool; fold BN and constant terms into its depthwise conv."""
         conv = squeeze.branches[0].conv
         assert conv is not None
@@ -356,12 +374,12 @@ class SpatialPoolCollapse(RewriteRule):
             assert params is not None  # check() declined otherwise
             weight = weight * params.scale[:, None, None, None]
         if squeeze.bn is None and not squeeze.bias_terms:
-            match.captures["canonical"] = True
-            match.captures["form"] = "already minimal: one pool + one depthwise conv"
+            captures.canonical = True
+            captures.form = "already minimal: one pool + one depthwise conv"
             return
-        match.captures["form"] = "pool + depthwise conv (folded)"
-        match.captures["folded_weight"] = weight.astype(np.float32)
-        match.captures["bias"] = bias.astype(np.float32)
+        captures.form = "pool + depthwise conv (folded)"
+        captures.folded_weight = weight.astype(np.float32)
+        captures.bias = bias.astype(np.float32)
 
     @staticmethod
     def _probe_pool(
@@ -442,20 +460,20 @@ class SpatialPoolCollapse(RewriteRule):
             )
         return None
 
-    def rewrite(self, graph: gs.Graph, match: Match) -> None:
-        if match.captures.get("canonical"):
+    def rewrite(self, graph: gs.Graph, match: Match[PoolCaptures]) -> None:
+        captures = match.captures
+        if captures.canonical:
             return
-        squeeze: _Squeeze = match.captures["squeeze"]
-        kernel: np.ndarray = match.captures["kernel"]
-        bias: np.ndarray = match.captures["bias"]
+        squeeze, kernel, bias = captures.squeeze, captures.kernel, captures.bias
+        assert kernel is not None and bias is not None  # check() computed them
         prefix = f"{self.name}/{match.anchor}"
         old = producer(squeeze.end)
         assert old is not None
         old.outputs.remove(squeeze.end)
-        if "folded_weight" in match.captures:
+        if captures.folded_weight is not None:
             conv = squeeze.branches[0].conv
             assert conv is not None
-            w = make_constant(graph, f"{prefix}/W", match.captures["folded_weight"])
+            w = make_constant(graph, f"{prefix}/W", captures.folded_weight)
             b = make_constant(graph, f"{prefix}/B", bias)
             make_node(graph, "Conv", f"{prefix}/pooled_conv", [conv.inputs[0], w, b],
                       attrs=dict(conv.attrs), output=squeeze.end)  # fmt: skip
