@@ -57,7 +57,7 @@ from sase_deploy.rewrite import fuse_model  # noqa: E402
 from sase_deploy.rewrite.flops import count_gflops  # noqa: E402
 from sase_deploy.rewrite.gate_analysis import analyse_gate  # noqa: E402
 from sase_deploy.rewrite.graph_utils import import_graph  # noqa: E402
-from sase_deploy.rewrite.passes import self_check_feed  # noqa: E402
+from sase_deploy.rewrite.self_check import self_check_feed  # noqa: E402
 
 
 def sgemm_gflops(n: int = 1024, runs: int = 15) -> float:

@@ -14,10 +14,10 @@ from rewrite_blocks import ECA, CBAMChannel, Host, LinearSE, SleHost, export
 from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite import fuse_model
 from sase_deploy.rewrite.graph_utils import const_value, import_graph, replace_uses
-from sase_deploy.rewrite.passes import NOISE_FLOOR_FACTOR, _Checker, self_check_feed
 from sase_deploy.rewrite.rule import Captures, Match, RewriteRule
 from sase_deploy.rewrite.rules import CLEANUP_RULES, SE_GATE_RULES
 from sase_deploy.rewrite.rules.se_gate import SeGateCanonicalise
+from sase_deploy.rewrite.self_check import NOISE_FLOOR_FACTOR, SelfChecker, self_check_feed
 
 
 class DropScalarMul(RewriteRule):
@@ -108,7 +108,7 @@ def test_network_tolerance_follows_the_noise_floor() -> None:
     wrong.graph.initializer[1].CopyFrom(
         onnx.numpy_helper.from_array(np.array(2.0002, dtype=np.float32), "two")
     )  # network output off by 1e-4 of its scale; no block outputs named
-    check = _Checker(model, enabled=True, tolerance=1e-5, seed=0)
+    check = SelfChecker(model, enabled=True, tolerance=1e-5, seed=0)
     assert check.noise_floor == 0.0  # Mul/Relu: no reassociation anywhere, ORT agrees exactly
     result = check(wrong)
     assert not result.ok and result.reason is not None and "noise floor" in result.reason
