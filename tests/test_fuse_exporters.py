@@ -104,3 +104,26 @@ def test_torchscript_fuses_to_the_dynamo_graph(name: str, tmp_path: Path) -> Non
         src = _export(name, exporter, opset, False, tmp_path / f"{exporter}.onnx")
         histograms.append(fuse_file(src, tmp_path / f"{exporter}.fused.onnx")["ops_after"])
     assert histograms[0] == histograms[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_fused_torchscript_file_builds_with_tensorrt_rtx(name: str, tmp_path: Path) -> None:
+    """ORT accepting a fused graph is not enough (a fused dynamic-batch Resize once passed ORT
+    and failed TensorRT's parser): NVIDIA's parser must take every fused dynamic-batch file and
+    its builder make an engine (TensorRT-RTX builds ahead of time without a GPU)."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (extra trt-rtx)")
+    from sase_deploy.engines.build import BuildRequest, build
+
+    src = _export(name, "torchscript", 17, True, tmp_path / "block.onnx")
+    fuse_file(src, tmp_path / "fused.onnx")
+    result = build(
+        BuildRequest(
+            onnx=tmp_path / "fused.onnx",
+            target="rtx",
+            output_dir=tmp_path / "engines",
+            batch=(1, 2, 4),
+        )
+    )
+    assert result.artifact.suffix == ".engine" and result.artifact.stat().st_size > 0
+    assert result.manifest["layers"] > 0
