@@ -199,9 +199,12 @@ class UserStyleSlim(nn.Module):
     resized to the big map with `F.interpolate(size=(h, w))` read from its runtime shape, and
     `num / (den + eps)`. TorchScript exports all of that shape arithmetic as graph nodes."""
 
-    def __init__(self, cin: int = 64, cout: int = 16, groups: int = 4) -> None:
+    def __init__(
+        self, cin: int = 64, cout: int = 16, groups: int = 4, style_act: str = "relu"
+    ) -> None:
         super().__init__()
         self.groups = groups
+        self.style_act = getattr(torch, style_act)  # "tanh": a SASE look-alike no rule fuses
         cg = cin // groups
         cr = max(1, cg // 16)
         self.fc1 = nn.ModuleList(nn.Linear(cg, cr) for _ in range(groups))
@@ -227,7 +230,7 @@ class UserStyleSlim(nn.Module):
         num: torch.Tensor | float = 0.0
         den: torch.Tensor | float = 0.0
         for g, x in enumerate(xs.chunk(self.groups, dim=1)):
-            style = self.fc2[g](F.relu(self.bn[g](self.fc1[g](x.mean(dim=(2, 3))))))
+            style = self.fc2[g](self.style_act(self.bn[g](self.fc1[g](x.mean(dim=(2, 3))))))
             mask = F.interpolate(torch.sigmoid(self.mask[g](x)), size=(h, w), mode="nearest")
             num = num + mask * style.view(b, -1, 1, 1)
             den = den + mask

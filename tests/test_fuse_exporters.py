@@ -127,3 +127,21 @@ def test_fused_torchscript_file_builds_with_tensorrt_rtx(name: str, tmp_path: Pa
     )
     assert result.artifact.suffix == ".engine" and result.artifact.stat().st_size > 0
     assert result.manifest["layers"] > 0
+
+
+def test_fuse_text_says_why_a_sase_look_alike_is_left_alone(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A SLIM block with a Tanh in its style MLP is no block the rule can rewrite exactly; the
+    plain-text output (not only --json) says so."""
+    torch.manual_seed(0)
+    module = UserStyleSlim(style_act="tanh").eval()
+    src = tmp_path / "lookalike.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = (torch.randn(2, 64, 8, 8), torch.randn(2, 16, 32, 32))
+        torch.onnx.export(module, args, str(src), dynamo=False, opset_version=17)
+    result = run_cli("fuse", str(src), "-o", str(tmp_path / "out.onnx"))
+    assert result.code == 0, result.stderr
+    assert "blocks found: none" in result.stdout
+    (line,) = [ln for ln in result.stdout.splitlines() if "looks like a SASE/SLIM block" in ln]
+    assert line.startswith("    declined at ") and "4 groups of masks x style vectors" in line
+    assert "Tanh" in line

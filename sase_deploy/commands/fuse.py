@@ -94,6 +94,7 @@ def fuse_command(
             f"  {entry['rule']}: {entry['applied']} applied, {unchanged} already canonical, "
             f"{entry['reverted']} reverted, {len(entry['declines'])} declined"
         )
+        _echo_declines(entry["declines"])
     check = summary["self_check"]
     if check.get("enabled"):
         click.echo(
@@ -103,3 +104,14 @@ def fuse_command(
             f"{check.get('noise_floor', 0.0):.1e}); block outputs "
             f"{check.get('max_block_rel_diff', 0.0):.2e} <= {check['tolerance']:g}"
         )
+
+
+SHOWN_DECLINES = 3  # per rule in the text output; --json / --report carry all of them
+
+
+def _echo_declines(declines: list[dict[str, str]]) -> None:
+    """Why a rule left candidates alone: the first few reasons, then how many more."""
+    for decline in declines[:SHOWN_DECLINES]:
+        click.echo(f"    declined at {decline['anchor']}: {decline['reason']}")
+    if len(declines) > SHOWN_DECLINES:
+        click.echo(f"    ... {len(declines) - SHOWN_DECLINES} more (all in --json / --report)")
