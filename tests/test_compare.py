@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 from sase_deploy.engines.flavours import find_flavour
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
+from sase_deploy.report.compare import compare_outputs, worst_relative
 from sase_deploy.report.tolerances import describe_failure, parse_tolerances, run_checks
 
 RTX = find_flavour("tensorrt-rtx")
@@ -38,6 +39,30 @@ def test_output_metrics_of_identical_and_of_perturbed_outputs() -> None:
     assert sum(hist["counts"]) == ref.size and len(hist["edges"]) == len(hist["counts"]) + 1
     got[0, 0] = np.inf
     assert m.output_metrics("logits", ref, got)["nonfinite"] == 1
+
+
+def test_report_and_parity_share_one_error_computation() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((4, 6)).astype(np.float16)
+    got = (ref.astype(np.float64) + rng.normal(0, 1e-2, ref.shape)).astype(np.float16)
+    (diff,) = compare_outputs({"y": ref}, {"y": got})
+    report = m.output_metrics("y", ref, got)
+    assert {k: report[k] for k in ("max_abs", "mean_abs", "scale", "rel_max_abs")} == {
+        "max_abs": diff.max_abs,
+        "mean_abs": diff.mean_abs,
+        "scale": diff.scale,
+        "rel_max_abs": diff.rel_max_abs,
+    }
+    assert diff.rel_max_abs == diff.max_abs / float(np.abs(ref.astype(np.float64)).max())
+    got[1, 2] = np.nan
+    (bad,) = compare_outputs({"y": ref}, {"y": got})
+    assert not bad.finite and np.isnan(bad.max_abs) and worst_relative([diff, bad]) == np.inf
+    report = m.output_metrics("y", ref, got)
+    assert report["max_abs"] is None and report["rel_max_abs"] is None
+    assert report["nonfinite"] == 1 and sum(report["error_histogram"]["counts"]) == ref.size - 1
+    zeros = np.zeros(3, np.float32)
+    (flat,) = compare_outputs({"z": zeros}, {"z": zeros + 1})
+    assert flat.scale == 1e-12 and flat.rel_max_abs == 1e12
 
 
 def test_classification_metrics_count_agreement_and_accuracy() -> None:

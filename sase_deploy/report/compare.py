@@ -1,4 +1,18 @@
-"""Numerical comparison of two sets of named outputs."""
+"""The difference between a result's outputs and the reference's: the one place it is computed.
+
+Everything is in float64, so the comparison adds no rounding of its own. Per output: max / mean
+absolute error, the output's scale max|ref| (at least 1e-12) and the error relative to it,
+max|ref - got| / max|ref| (`rel_max_abs`, the number tolerances are stated in, so one tolerance
+means the same for logits and for large images), and whether either side holds NaN/Inf.
+
+Non-finite values are not dropped: a NaN anywhere makes max / mean / relative error NaN, an Inf
+makes them Inf (or NaN), and `worst_relative` is Inf as soon as one output is not finite. Callers
+that compare only the finite parts (the rewrite self-check) zero the rest before calling.
+
+Used by the parity report (`sase_deploy.report.metrics`, which adds cosine, histograms and task
+metrics on top), by export parity (`sase_deploy.export.parity`) and by the fusion pass's
+numerical self-check (`sase_deploy.rewrite.self_check`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +21,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+MIN_SCALE = 1e-12  # the scale of an all-zero reference: errors against it stay finite
+
 
 @dataclass(frozen=True)
 class OutputDiff:
     """Errors of `got` against `ref` for one output.
 
     `scale` is max|ref| (at least 1e-12); `rel_max_abs` = max_abs / scale is the error relative
-    to the output's scale, the number tolerances are stated in.
+    to the output's scale, the number tolerances are stated in. `finite` is False when either
+    side holds a NaN or Inf.
     """
 
     name: str
@@ -27,38 +44,89 @@ class OutputDiff:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Residual:
+    """One output's reference and result in float64, and their elementwise |ref - got|.
+
+    Build it with `Residual.of`; `summary()` gives the `OutputDiff`. The arrays are kept for
+    metrics that need more than the summary (the report's cosine and error histogram).
+    """
+
+    name: str
+    ref: np.ndarray
+    got: np.ndarray
+    abs_err: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, ref: np.ndarray, got: np.ndarray) -> Residual:
+        """Cast both to float64 and take |ref - got|.
+
+        Args:
+            name: the output's name (used in the error message and the summary).
+            ref: the reference's values for this output.
+            got: the compared run's values; must have `ref`'s shape (any numeric dtype).
+
+        Raises:
+            ValueError: the shapes differ.
+        """
+        if ref.shape != got.shape:
+            raise ValueError(f"output '{name}': shape {got.shape} != reference {ref.shape}")
+        r = ref.astype(np.float64)
+        g = got.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: NaN / Inf
+            err = np.abs(r - g)
+        return cls(name, r, g, err)
+
+    @property
+    def nonfinite(self) -> int:
+        """How many values of `got` are NaN or Inf."""
+        return int(np.size(self.got) - np.count_nonzero(np.isfinite(self.got)))
+
+    @property
+    def finite_errors(self) -> np.ndarray:
+        """The absolute errors that are finite (flattened)."""
+        return self.abs_err[np.isfinite(self.abs_err)]
+
+    def summary(self) -> OutputDiff:
+        """Max / mean absolute error, scale and relative error (0 for an empty output)."""
+        scale = max(float(np.abs(self.ref).max()) if self.ref.size else 0.0, MIN_SCALE)
+        max_abs = float(self.abs_err.max()) if self.abs_err.size else 0.0
+        return OutputDiff(
+            name=self.name,
+            max_abs=max_abs,
+            mean_abs=float(self.abs_err.mean()) if self.abs_err.size else 0.0,
+            scale=scale,
+            rel_max_abs=max_abs / scale,
+            finite=bool(np.isfinite(self.got).all() and np.isfinite(self.ref).all()),
+        )
+
+
 def compare_outputs(
     ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
 ) -> list[OutputDiff]:
+    """The errors of every reference output, in `ref`'s order.
+
+    Args:
+        ref: the reference outputs by name.
+        got: the compared run's outputs by name; must hold every name in `ref` (extra names are
+            ignored), each with the reference's shape.
+
+    Raises:
+        KeyError: an output of `ref` is missing from `got`.
+        ValueError: an output's shape differs from the reference's.
+    """
     missing = set(ref) - set(got)
     if missing:
         raise KeyError(f"outputs missing from the compared run: {sorted(missing)}")
-    diffs = []
-    for name, r in ref.items():
-        g = got[name]
-        if r.shape != g.shape:
-            raise ValueError(f"output '{name}': shape {g.shape} != reference {r.shape}")
-        r64 = r.astype(np.float64)
-        g64 = g.astype(np.float64)
-        finite = bool(np.isfinite(g64).all() and np.isfinite(r64).all())
-        err = np.abs(r64 - g64)
-        scale = max(float(np.abs(r64).max()) if r64.size else 0.0, 1e-12)
-        max_abs = float(err.max()) if err.size else 0.0
-        diffs.append(
-            OutputDiff(
-                name=name,
-                max_abs=max_abs,
-                mean_abs=float(err.mean()) if err.size else 0.0,
-                scale=scale,
-                rel_max_abs=max_abs / scale,
-                finite=finite,
-            )
-        )
-    return diffs
+    return [Residual.of(name, r, got[name]).summary() for name, r in ref.items()]
 
 
 def worst_relative(diffs: list[OutputDiff]) -> float:
-    """The largest scale-relative error over all outputs (inf if any is non-finite)."""
+    """The largest scale-relative error over all outputs (inf if any is non-finite).
+
+    Args:
+        diffs: per-output errors, as `compare_outputs` returns them (empty: 0.0).
+    """
     if any(not d.finite for d in diffs):
         return float("inf")
     return max((d.rel_max_abs for d in diffs), default=0.0)

@@ -1,8 +1,9 @@
 """Accuracy of a candidate's outputs against the reference's, on the same inputs.
 
 Everything is computed in float64 so the metric itself adds no rounding. Per output: max / mean
-absolute error, the error relative to the output's scale (max|ref|), the worst per-sample cosine
-similarity, the count of NaN/Inf values and a histogram of absolute errors. Per task:
+absolute error, the error relative to the output's scale (max|ref|) and the count of NaN/Inf
+values (all from `sase_deploy.report.compare`, which export parity and the rewrite self-check
+use too), plus the worst per-sample cosine similarity and a histogram of absolute errors. Per task:
 classifiers get top-1 / top-5 agreement with the reference (and accuracy against labels when the
 data carry them); generators get PSNR and SSIM.
 
@@ -18,32 +19,34 @@ from typing import Any
 
 import numpy as np
 
+from sase_deploy.report.compare import Residual
+
 HISTOGRAM_MAX_BINS = 12
 SSIM_WINDOW = 7
 
 
 def output_metrics(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    """Errors of `got` against `ref` for one output (the report's `outputs[]` entry)."""
-    if ref.shape != got.shape:
-        raise ValueError(f"output '{name}': shape {got.shape} != reference {ref.shape}")
-    r = ref.astype(np.float64)
-    g = got.astype(np.float64)
-    nonfinite = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(r - g)
-    finite_err = np.where(np.isfinite(err), err, np.inf)
-    scale = max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
-    max_abs = float(finite_err.max()) if err.size else 0.0
+    """Errors of `got` against `ref` for one output (the report's `outputs[]` entry).
+
+    Args:
+        name: the output's name.
+        ref: the reference's values for this output.
+        got: the candidate's values, with `ref`'s shape.
+
+    Errors that are not finite (NaN/Inf on either side) are null: JSON has no NaN/Inf.
+    """
+    res = Residual.of(name, ref, got)
+    diff = res.summary()
     return {
         "name": name,
         "shape": list(ref.shape),
-        "max_abs": _json_float(max_abs),
-        "mean_abs": _json_float(float(finite_err.mean()) if err.size else 0.0),
-        "scale": scale,
-        "rel_max_abs": _json_float(max_abs / scale),
-        "cosine": _json_float(worst_cosine(r, g)),
-        "nonfinite": nonfinite,
-        "error_histogram": error_histogram(err[np.isfinite(err)]),
+        "max_abs": _json_float(diff.max_abs),
+        "mean_abs": _json_float(diff.mean_abs),
+        "scale": diff.scale,
+        "rel_max_abs": _json_float(diff.rel_max_abs),
+        "cosine": _json_float(worst_cosine(res.ref, res.got)),
+        "nonfinite": res.nonfinite,
+        "error_histogram": error_histogram(res.finite_errors),
     }
 
 
