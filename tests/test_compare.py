@@ -65,6 +65,24 @@ def test_report_and_parity_share_one_error_computation() -> None:
     assert flat.scale == 1e-12 and flat.rel_max_abs == 1e12
 
 
+def test_non_finite_and_empty_outputs_give_valid_json() -> None:
+    """A NaN candidate has no cosine (null, not 1.0); a NaN reference has no scale; an empty
+    output compares as equal. The entry must serialise as strict JSON either way."""
+    ref = np.ones((2, 3), np.float32)
+    got = ref.copy()
+    got[0, 1] = np.nan
+    entry = m.output_metrics("y", ref, got)
+    assert entry["cosine"] is None and entry["nonfinite"] == 1
+    bad_ref = ref.copy()
+    bad_ref[1, 1] = np.inf
+    entry = m.output_metrics("y", bad_ref, ref)
+    assert entry["scale"] is None and entry["cosine"] is None
+    json.dumps(entry, allow_nan=False)
+    empty = m.output_metrics("y", np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
+    assert empty["cosine"] == 1.0 and empty["max_abs"] == 0.0
+    json.dumps(empty, allow_nan=False)
+
+
 def test_classification_metrics_count_agreement_and_accuracy() -> None:
     ref = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
     got = np.eye(4, dtype=np.float32)[[0, 1, 3, 3]]

@@ -42,7 +42,7 @@ def output_metrics(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any
         "shape": list(ref.shape),
         "max_abs": _json_float(diff.max_abs),
         "mean_abs": _json_float(diff.mean_abs),
-        "scale": diff.scale,
+        "scale": _json_float(diff.scale),  # a NaN/Inf in the reference itself
         "rel_max_abs": _json_float(diff.rel_max_abs),
         "cosine": _json_float(worst_cosine(res.ref, res.got)),
         "nonfinite": res.nonfinite,
@@ -56,9 +56,14 @@ def _json_float(value: float) -> float | None:
 
 
 def worst_cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    """The smallest cosine similarity over samples (axis 0); 1.0 when both are zero."""
+    """The smallest cosine similarity over samples (axis 0); 1.0 when both are zero or there
+    is nothing to compare; NaN when a sample holds a NaN or Inf (no angle to speak of)."""
+    if ref.size == 0:
+        return 1.0
     r = ref.reshape(len(ref), -1) if ref.ndim > 1 else ref.reshape(1, -1)
     g = got.reshape(len(got), -1) if got.ndim > 1 else got.reshape(1, -1)
+    if not (np.isfinite(r).all() and np.isfinite(g).all()):
+        return float("nan")
     dot = np.sum(r * g, axis=1)
     norms = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
