@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sase_deploy._io import sha256_file
 from sase_deploy.engines import bundle, targets
-from sase_deploy.engines.bundle import TRTEXEC_OPTIONS, trtexec_args, write_bundle
+from sase_deploy.engines.bundle import write_bundle
 from sase_deploy.engines.targets import (
     PRECISIONS,
     check_request,
@@ -26,6 +26,7 @@ from sase_deploy.engines.targets import (
     local_target,
     parse_nvidia_smi,
 )
+from sase_deploy.engines.trtexec import TRTEXEC_OPTIONS, trtexec_args
 from sase_deploy.errors import UserError
 
 # Build options each trtexec documents in its --help (samples/common/sampleOptions.cpp of

@@ -6,18 +6,16 @@ Q/DQ from the graph: this project's own `convert` / `calibrate` run first), then
 TensorRT-RTX or TensorRT engine, write an ONNX Runtime model, or write a bundle that builds on
 the device. Every artifact gets a manifest whose `cache_key` hashes everything that decided its
 bytes; an identical request finds it and returns at once.
+
+`build` runs the stages in order: `_plan` (checks, backend, profile), the cache look-up under a
+lock (`engines/cache.py`), precision preparation (`engines/precision.py`), then `_produce`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,22 +25,32 @@ import onnx
 from sase_deploy import __version__
 from sase_deploy._io import (
     atomic_path,
-    output_error,
-    output_folder,
     sha256_file,
     sha256_model,
-    sweep_stale_temps,
     write_bytes_atomic,
     write_json_atomic,
 )
+from sase_deploy.engines.cache import (
+    cache_key,
+    cached_manifest,
+    check_engine_intact,
+    hash_inputs,
+    locked,
+)
 from sase_deploy.engines.flavours import Flavour
 from sase_deploy.engines.plan import BACKENDS, PRECISIONS, plan_backend
+from sase_deploy.engines.precision import (
+    Stage,
+    graph_precision,
+    model_stem,
+    prepare_onnx,
+    reads_typed_graph,
+)
 from sase_deploy.engines.targets import Target, check_request, get_target
 from sase_deploy.errors import UserError
 
 DEFAULT_BATCH = (1, 8, 8)
 MANIFEST_FORMAT = "sase-deploy.engine/1"
-Stage = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -100,21 +108,6 @@ class BuildResult:
         }
 
 
-def graph_precision(model: onnx.ModelProto) -> str:
-    """ "int8" when the graph holds Q/DQ, "fp16" when it computes in float16, else "fp32"."""
-    ops = {node.op_type for node in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops:
-        return "int8"
-    half = onnx.TensorProto.FLOAT16
-    casts_to_half = any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
-        for n in model.graph.node
-    )
-    if casts_to_half or any(init.data_type == half for init in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def _input_profile(
     model: onnx.ModelProto, batch: tuple[int, int, int] | None
 ) -> dict[str, tuple[tuple[int, ...], ...]] | None:
@@ -143,141 +136,29 @@ def _input_profile(
     return profile or None
 
 
-def _hash_inputs(request: BuildRequest) -> dict[str, str | None]:
-    """sha256 of every file that decides the artifact's bytes."""
-    found: dict[str, str | None] = {"onnx": sha256_model(request.onnx)}
-    if request.precision == "int8" and request.calibration is not None:
-        for path in sorted(request.calibration.glob(f"{_stem(request.onnx)}.*")):
-            found[f"calibration/{path.name}"] = sha256_file(path)
-    elif request.precision == "int8" and request.data and Path(request.data).is_file():
-        found["data"] = sha256_file(request.data)
-    return found
+@dataclass(frozen=True)
+class _Plan:
+    """What `build` settles before it touches the output folder.
 
-
-def _stem(path: Path) -> str:
-    name = path.name.removesuffix(".onnx")
-    for suffix in (".fp16", ".int8", ".fp32"):
-        name = name.removesuffix(suffix)
-    return name
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock so two builds of the same artifact do not interleave.
-
-    The folders and the lock file made here are removed again when the block fails (bad input
-    leaves the output folder as it was); an output place that cannot be written is a UserError.
+    backend / flavour: from `plan_backend`. source_precision: `graph_precision` of the input.
+    profile: (min, opt, max) shapes of dynamic-batch inputs, None for a static graph.
+    workspace_mb: the request's, else the target's default. out_dir: `output_dir/<target>/`.
+    stem: `<model>.<precision>`, the artifact's file stem.
     """
-    with output_folder(path.parent, path):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            created = True
-        except FileExistsError:
-            fd, created = os.open(path, os.O_WRONLY), False
-        except OSError as exc:
-            raise output_error(path.parent, exc) from exc
-        with open(fd, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                sweep_stale_temps(path.parent)  # a cache hit writes nothing that would
-                yield
-            except BaseException:
-                if created:  # made for this build, which failed: leave the folder as it was
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                raise
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    target: Target
+    backend: str
+    flavour: Flavour | None
+    source_precision: str
+    profile: dict[str, Any] | None
+    workspace_mb: int
+    out_dir: Path
+    stem: str
 
 
-def _prepare_onnx(
-    request: BuildRequest, source_precision: str, out_dir: Path, graph_typed: bool, stage: Stage
-) -> tuple[Path, dict[str, Any]]:
-    """The ONNX to build and how it was made.
-
-    `graph_typed`: the builder takes precision from the graph (TensorRT-RTX, TensorRT >= 11,
-    ONNX Runtime), so FP16 / INT8 graphs are made here; otherwise (TensorRT 10 flags) the FP32
-    graph is built with flags, INT8 with the calibration cache.
-    """
-    precision, stem = request.precision, _stem(request.onnx)
-    if source_precision == precision or precision == "fp32":
-        return request.onnx, {"made_by": "input"}
-    if precision == "fp16":
-        if not graph_typed:
-            return request.onnx, {"made_by": "input", "flags": ["fp16"]}
-        from sase_deploy.calibration import convert_onnx
-
-        stage("convert fp16")
-        calib_json = _calibration_file(request, "calib.json", required=False)
-        out = out_dir / f"{stem}.fp16.onnx"
-        convert_onnx(request.onnx, out, precision="fp16", calib_json=calib_json)
-        return out, {"made_by": "sase-deploy convert --precision fp16", "calib_json": calib_json}
-    int8_onnx, cache = _int8_files(request, out_dir, graph_typed, stage)
-    if graph_typed and int8_onnx is not None:  # the Q/DQ graph carries the ranges: no cache
-        return int8_onnx, {"made_by": "sase-deploy calibrate (Q/DQ)"}
-    return request.onnx, {"made_by": "input", "flags": ["int8"], "calib_cache": cache}
-
-
-def _calibration_file(request: BuildRequest, suffix: str, required: bool) -> Path | None:
-    if request.calibration is None:
-        return None
-    path = request.calibration / f"{_stem(request.onnx)}.{suffix}"
-    if path.is_file():
-        return path
-    if required:
-        raise UserError(
-            f"{path} not found; run 'sase-deploy calibrate {request.onnx} --data SRC "
-            f"-o {request.calibration}' first"
-        )
-    return None
-
-
-def _check_calibration_model(request: BuildRequest) -> None:
-    """Ranges calibrated on another model (its sha256 in NAME.calib.json) are refused."""
-    calib_json = _calibration_file(request, "calib.json", required=False)
-    if calib_json is None:
-        return
-    try:
-        recorded = json.loads(calib_json.read_text()).get("model_sha256")
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{calib_json} is not a calibration record; re-run calibrate") from None
-    if recorded is not None and recorded != sha256_file(request.onnx):
-        raise UserError(
-            f"{calib_json} was calibrated on another model than {request.onnx} (sha256 differs); "
-            f"re-run 'sase-deploy calibrate {request.onnx} --data SRC -o {request.calibration}'"
-        )
-
-
-def _int8_files(
-    request: BuildRequest, out_dir: Path, graph_typed: bool, stage: Stage
-) -> tuple[Path | None, Path | None]:
-    """(Q/DQ ONNX, TensorRT-10 cache) from --calibration, or made from --data. A folder needs
-    only what the builder reads: the Q/DQ graph when typed, else the cache (Jetson bundles)."""
-    if request.calibration is not None:
-        _check_calibration_model(request)
-        int8 = _calibration_file(request, "int8.onnx", required=graph_typed)
-        cache = _calibration_file(request, "calib.cache", required=not graph_typed)
-        return int8, cache
-    if request.data is None:
-        raise UserError(
-            "INT8 needs calibration ranges: pass --calibration DIR (from "
-            "'sase-deploy calibrate') or --data SRC to calibrate now"
-        )
-    from sase_deploy.calibration import calibrate_onnx
-
-    stage("calibrate int8")
-    result = calibrate_onnx(
-        request.onnx, request.data, out_dir / "calibration", samples=request.samples
-    )
-    return result.int8_onnx, result.cache
-
-
-def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
-    """Produce the artifact `request` asks for (see `BuildRequest`); cached by `cache_key`.
-
-    Raises UserError for bad input or a graph the builder rejects; nothing partial is written.
-    """
-    stage = on_stage or (lambda _name: None)
+def _plan(request: BuildRequest) -> _Plan:
+    """Check the request against the target, this machine and the graph; UserError if it
+    cannot be built."""
     from sase_deploy.graph_io import load_onnx
 
     if request.precision not in PRECISIONS:
@@ -294,61 +175,90 @@ def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
             f"{request.onnx} is already {source_precision}; pass --precision "
             f"{source_precision} or build from the FP32 export"
         )
-    profile = _input_profile(model, request.batch)
-    workspace = request.workspace_mb or target.default_workspace_mb
-    out_dir = request.output_dir / target.name
-    stem = f"{_stem(request.onnx)}.{request.precision}"
-    key_facts = {
+    return _Plan(
+        target=target,
+        backend=backend,
+        flavour=flavour,
+        source_precision=source_precision,
+        profile=_input_profile(model, request.batch),
+        workspace_mb=request.workspace_mb or target.default_workspace_mb,
+        out_dir=request.output_dir / target.name,
+        stem=f"{model_stem(request.onnx)}.{request.precision}",
+    )
+
+
+def _key_facts(request: BuildRequest, plan: _Plan) -> dict[str, Any]:
+    """Everything that decides the artifact's bytes: what `cache_key` hashes."""
+    return {
         "format": MANIFEST_FORMAT,
         "sase_deploy": __version__,
-        "inputs": _hash_inputs(request),
-        "target": target.to_dict(),
+        "inputs": hash_inputs(request),
+        "target": plan.target.to_dict(),
         "precision": request.precision,
-        "backend": backend,
-        "flavour": flavour.to_dict() if flavour else None,
-        "profile": profile,
-        "workspace_mb": workspace,
+        "backend": plan.backend,
+        "flavour": plan.flavour.to_dict() if plan.flavour else None,
+        "profile": plan.profile,
+        "workspace_mb": plan.workspace_mb,
         "dla_core": request.dla_core,
         "data": request.data if request.calibration is None else None,
     }
-    cache_key = hashlib.sha256(json.dumps(key_facts, sort_keys=True, default=str).encode())
-    manifest_path = out_dir / f"{stem}.manifest.json"
-    with _locked(out_dir / f".{stem}.lock"):
-        cached = _cached(manifest_path, cache_key.hexdigest())
+
+
+def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
+    """Produce the artifact `request` asks for (see `BuildRequest`); cached by `cache_key`.
+
+    Args:
+        request: what to build.
+        on_stage: called with the name of each slow step as it starts (convert, calibrate,
+            build), e.g. to show progress.
+
+    Raises UserError for bad input or a graph the builder rejects; nothing partial is written.
+    """
+    stage = on_stage or (lambda _name: None)
+    plan = _plan(request)
+    key_facts = _key_facts(request, plan)
+    key = cache_key(key_facts)
+    manifest_path = plan.out_dir / f"{plan.stem}.manifest.json"
+    with locked(plan.out_dir / f".{plan.stem}.lock"):
+        cached = cached_manifest(manifest_path, key)
         if cached is not None:
             return BuildResult(
-                target.name,
-                backend,
+                plan.target.name,
+                plan.backend,
                 request.precision,
                 Path(cached["artifact"]),
                 manifest_path,
                 True,
                 cached,
             )
-        graph_typed = backend != "tensorrt" or bool(flavour and flavour.strongly_typed_only)
-        if backend == "bundle":
-            graph_typed = not target.tensorrt or int(target.tensorrt.split(".")[0]) >= 11
-        built_onnx, made = _prepare_onnx(request, source_precision, out_dir, graph_typed, stage)
-        manifest: dict[str, Any] = {
-            **key_facts,
-            "cache_key": cache_key.hexdigest(),
-            "source_onnx": {"path": str(request.onnx), "precision": source_precision},
-            "built_onnx": {
-                "path": str(built_onnx),
-                "sha256": sha256_model(built_onnx),
-                **_plain(made),
-            },
-        }
-        stage(f"build {backend}")
-        artifact = _produce(
-            backend, flavour, built_onnx, out_dir, stem, target, made, profile, request, manifest
-        )
-        manifest["artifact"] = str(artifact)
-        manifest["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        artifact, manifest = _make(request, plan, {**key_facts, "cache_key": key}, stage)
         write_json_atomic(manifest_path, manifest)
     return BuildResult(
-        target.name, backend, request.precision, artifact, manifest_path, False, manifest
+        plan.target.name, plan.backend, request.precision, artifact, manifest_path, False, manifest
     )
+
+
+def _make(
+    request: BuildRequest, plan: _Plan, keyed: dict[str, Any], stage: Stage
+) -> tuple[Path, dict[str, Any]]:
+    """Prepare the graph and produce the artifact; returns it and its manifest (not yet
+    written), which starts with `keyed`: the key facts and their `cache_key`."""
+    typed = reads_typed_graph(plan.backend, plan.flavour, plan.target)
+    built_onnx, made = prepare_onnx(request, plan.source_precision, plan.out_dir, typed, stage)
+    manifest: dict[str, Any] = {
+        **keyed,
+        "source_onnx": {"path": str(request.onnx), "precision": plan.source_precision},
+        "built_onnx": {
+            "path": str(built_onnx),
+            "sha256": sha256_model(built_onnx),
+            **_plain(made),
+        },
+    }
+    stage(f"build {plan.backend}")
+    artifact = _produce(request, plan, built_onnx, made, manifest)
+    manifest["artifact"] = str(artifact)
+    manifest["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return artifact, manifest
 
 
 def _plain(facts: dict[str, Any]) -> dict[str, Any]:
@@ -356,80 +266,60 @@ def _plain(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in facts.items()}
 
 
-def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
-    """The manifest of an identical earlier build whose artifact is intact, else None."""
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
-    artifact = Path(manifest.get("artifact", ""))
-    if manifest.get("cache_key") != key or not artifact.exists():
-        return None
-    if artifact.is_file() and manifest.get("artifact_sha256") != sha256_file(artifact):
-        return None  # replaced or truncated since: rebuild
-    return manifest
-
-
-def check_engine_intact(engine: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
-    """UserError when the engine file is not the one its build manifest describes (truncated,
-    overwritten or damaged since the build); manifests without the facts pass."""
-    size, digest = manifest.get("engine_bytes"), manifest.get("artifact_sha256")
-    actual = engine.stat().st_size
-    if (isinstance(size, int) and actual != size) or (
-        isinstance(digest, str) and sha256_file(engine) != digest
-    ):
-        raise UserError(
-            f"{engine} ({actual} bytes) is not the engine {manifest_path.name} describes "
-            "(truncated or replaced since it was built); rebuild it with 'sase-deploy build'"
-        )
-
-
 def _produce(
-    backend: str,
-    flavour: Flavour | None,
-    onnx_path: Path,
-    out_dir: Path,
-    stem: str,
-    target: Target,
-    made: dict[str, Any],
-    profile: dict[str, Any] | None,
     request: BuildRequest,
+    plan: _Plan,
+    onnx_path: Path,
+    made: dict[str, Any],
     manifest: dict[str, Any],
 ) -> Path:
-    """Write the artifact for `backend` and add its facts to `manifest`."""
-    if backend == "onnxruntime":
-        return _write_ort_model(onnx_path, out_dir / f"{stem}.onnx", manifest)
-    if backend == "bundle":
+    """Write the artifact for the plan's backend from `onnx_path` (made as `made` says) and add
+    its facts to `manifest`."""
+    if plan.backend == "onnxruntime":
+        return _write_ort_model(onnx_path, plan.out_dir / f"{plan.stem}.onnx", manifest)
+    if plan.backend == "bundle":
         from sase_deploy.engines.bundle import write_bundle
 
-        facts = write_bundle(
-            out_dir / f"{stem}.bundle",
-            target,
+        out = plan.out_dir / f"{plan.stem}.bundle"
+        manifest["bundle"] = write_bundle(
+            out,
+            plan.target,
             onnx_path,
             request.precision,
             calib_cache=made.get("calib_cache"),
-            shapes=profile,
-            workspace_mb=manifest["workspace_mb"],
+            shapes=plan.profile,
+            workspace_mb=plan.workspace_mb,
             dla_core=request.dla_core,
             manifest=manifest,
             strongly_typed_graph=request.precision != "fp32" and not made.get("flags"),
         )
-        manifest["bundle"] = facts
-        return out_dir / f"{stem}.bundle"
+        return out
+    return _build_engine(request, plan, onnx_path, made, manifest)
+
+
+def _build_engine(
+    request: BuildRequest,
+    plan: _Plan,
+    onnx_path: Path,
+    made: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
+    """Build a TensorRT or TensorRT-RTX engine here, write it and add its facts to `manifest`."""
     from sase_deploy.engines.tensorrt import BuildOptions, build_engine
 
-    assert flavour is not None
+    assert plan.flavour is not None
+    target = plan.target
     options = BuildOptions(
-        compute_capabilities=target.compute_capabilities if backend == "tensorrt-rtx" else (),
-        profile=profile,
-        workspace_mb=manifest["workspace_mb"],
+        compute_capabilities=target.compute_capabilities if plan.backend == "tensorrt-rtx" else (),
+        profile=plan.profile,
+        workspace_mb=plan.workspace_mb,
         timing_cache=request.timing_cache,
         flags=tuple(made.get("flags", ())),
         calib_cache=made.get("calib_cache") if made.get("flags") else None,
         dla_core=request.dla_core,
     )
-    built = build_engine(onnx_path, flavour, options)
-    engine_path = write_bytes_atomic(out_dir / f"{stem}.engine", built.engine)
+    built = build_engine(onnx_path, plan.flavour, options)
+    engine_path = write_bytes_atomic(plan.out_dir / f"{plan.stem}.engine", built.engine)
     manifest.update(
         {
             "build_seconds": round(built.seconds, 3),

@@ -3,7 +3,7 @@
 A TensorRT engine only runs on the GPU model and TensorRT version that built it, so for those
 targets we ship what the device needs to build its own: the ONNX (+ external data), the INT8
 calibration cache if any, `build.sh` running `trtexec` with arguments checked against that
-TensorRT's option set, `manifest.json` and a README.
+TensorRT's option set (`sase_deploy.engines.trtexec`), `manifest.json` and a README.
 
 Which ONNX each precision ships with (`strongly_typed_graph` = the ONNX carries its precision):
   TensorRT 8.5/8.6  fp16: FP32 graph + --fp16. int8: FP32 graph + --int8 --calib=CACHE
@@ -20,7 +20,8 @@ import json
 import re
 import shlex
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,156 +29,17 @@ from typing import Any
 from sase_deploy import __version__
 from sase_deploy._io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from sase_deploy.engines.targets import Target, check_request
+from sase_deploy.engines.trtexec import (
+    TIMING_CACHE,
+    TRTEXEC_OPTIONS,
+    VERSION_GLOBS,
+    Shapes,
+    trt_flavour,
+    trtexec_args,
+)
 from sase_deploy.errors import UserError
 
-Shapes = Mapping[str, Sequence[Sequence[int]]]  # input name -> (min, opt, max) dims
-
-# trtexec options each TensorRT documents in `trtexec --help`, limited to the ones this module
-# emits or that changed between versions. Read from samples/common/sampleOptions.cpp of
-# NVIDIA/TensorRT at tags 8.5.2, v8.6.1, v10.3.0, v10.16, v11.0. Not listed on purpose:
-# --explicitBatch (8.x parses it as a no-op, undocumented; gone in 10), --nvtxMode (same).
-# --memPoolSize=workspace:N (MiB) exists since 8.4, which deprecated --workspace=N.
-# fmt: off
-_COMMON = frozenset({
-    "--onnx", "--saveEngine", "--memPoolSize", "--minShapes", "--optShapes", "--maxShapes",
-    "--timingCacheFile", "--useDLACore", "--allowGPUFallback", "--verbose",
-})
-# fmt: on
-TRTEXEC_OPTIONS: dict[str, frozenset[str]] = {
-    "8.5": _COMMON | {"--workspace", "--fp16", "--int8", "--calib", "--buildOnly"},
-    "8.6": _COMMON | {"--workspace", "--fp16", "--int8", "--calib", "--skipInference"},
-    "10": _COMMON | {"--fp16", "--int8", "--calib", "--skipInference", "--stronglyTyped"},
-    # 11 removed weak typing: no --fp16/--int8/--calib; --stronglyTyped is a documented no-op.
-    "11": _COMMON | {"--skipInference", "--stronglyTyped"},
-}
-_VERSION_GLOB = {"8.5": "8.5", "8.6": "8.6", "10": "10.*", "11": "1[1-9].*"}
-BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
-TIMING_CACHE = "timing.cache"
-
-
-def trt_flavour(trt_version: str) -> str:
-    """The key of TRTEXEC_OPTIONS for a TensorRT version: "8.5.2" -> "8.5", "10.3" -> "10".
-
-    Args:
-        trt_version: "MAJOR.MINOR[.PATCH…]" or "MAJOR".
-
-    Raises:
-        UserError: a version older than 8.5, 9.x, or not a version.
-    """
-    try:
-        parts = [int(p) for p in trt_version.strip().split(".")[:2]]
-    except ValueError as exc:
-        raise UserError(f"TensorRT version {trt_version!r} is not like 10.3") from exc
-    major, minor = [*parts, 0][:2]
-    if major == 8 and minor in (5, 6):
-        return f"8.{minor}"
-    if major == 10:
-        return "10"
-    if major >= 11:
-        return "11"  # newest known option set; revisit when 12 ships
-    raise UserError(
-        f"TensorRT {trt_version} is not supported for bundles; use 8.5, 8.6, 10.x or 11+"
-    )
-
-
-def _shape_args(shapes: Shapes) -> list[str]:
-    """--minShapes/--optShapes/--maxShapes, each "name:1x3x224x224[,name2:…]"."""
-    specs: list[list[str]] = [[], [], []]
-    for name, dims in shapes.items():
-        if len(dims) != 3 or len({len(d) for d in dims}) != 1:
-            raise UserError(f"shapes for {name!r}: give (min, opt, max) of one rank")
-        if min(dims[0]) < 1 or not all(a <= b <= c for a, b, c in zip(*dims, strict=True)):
-            raise UserError(f"shapes for {name!r}: need 1 <= min <= opt <= max per dimension")
-        if "," in name or "'" in name:
-            raise UserError(f"input name {name!r}: trtexec shape specs cannot carry ',' or \"'\"")
-        quoted = f"'{name}'" if ":" in name else name  # trtexec splits name:dims on the last ':'
-        for spec, shape in zip(specs, dims, strict=True):
-            spec.append(f"{quoted}:{'x'.join(str(int(d)) for d in shape)}")
-    flags = ("--minShapes", "--optShapes", "--maxShapes")
-    return [f"{flag}={','.join(spec)}" for flag, spec in zip(flags, specs, strict=True)]
-
-
-def _precision_args(
-    flavour: str, precision: str, on_dla: bool, calib_cache: str | None, typed: bool
-) -> list[str]:
-    if precision not in BUNDLE_PRECISIONS:
-        raise UserError(f"bundles build {', '.join(BUNDLE_PRECISIONS)}, not {precision}")
-    if calib_cache and (precision != "int8" or typed or flavour == "11"):
-        raise UserError(
-            "a calibration cache goes with the FP32 graph for implicit INT8 on TensorRT 8.5-10.x "
-            "only; for a Q/DQ graph or TensorRT 11 ship no cache"
-        )
-    if flavour == "11":
-        if precision != "fp32" and not typed:
-            raise UserError(
-                f"TensorRT 11 takes {precision} from the graph; ship the FP16 ONNX "
-                "(sase-deploy convert) or the Q/DQ ONNX (sase-deploy calibrate)"
-            )
-        return []  # every network is strongly typed
-    if typed and flavour == "10" and not on_dla:
-        return ["--stronglyTyped"]  # the graph's own types, as TensorRT 11 and TensorRT-RTX
-    if precision == "fp32":
-        return []
-    if precision == "fp16":
-        return ["--fp16"]
-    if typed:
-        return ["--int8"]  # Q/DQ in the graph: explicit quantization, no cache
-    if not calib_cache:
-        raise UserError(
-            "INT8 from the FP32 graph needs a calibration cache (sase-deploy calibrate writes "
-            "NAME.calib.cache); or ship the Q/DQ ONNX"
-        )
-    return ["--int8", f"--calib={calib_cache}"]
-
-
-def trtexec_args(
-    trt_version: str,
-    onnx_name: str,
-    engine_name: str,
-    precision: str,
-    shapes: Shapes | None = None,
-    workspace_mb: int = 1024,
-    dla_core: int | None = None,
-    calib_cache: str | None = None,
-    timing_cache: str | None = TIMING_CACHE,
-    strongly_typed_graph: bool = False,
-) -> list[str]:
-    """trtexec arguments (without the program name) that build `engine_name` from `onnx_name`.
-
-    Args:
-        trt_version: TensorRT that will run trtexec, e.g. "8.5", "10.3", "11.0".
-        onnx_name: ONNX path as trtexec will see it (relative to the bundle).
-        engine_name: engine path to write.
-        precision: "fp32", "fp16" or "int8".
-        shapes: input name -> (min, opt, max) dims for dynamic inputs; None for static models.
-        workspace_mb: builder workspace limit in MiB.
-        dla_core: DLA core index (adds --allowGPUFallback), or None for the GPU.
-        calib_cache: calibration cache path for implicit INT8 on the FP32 graph (8.5-10.x).
-        timing_cache: timing cache path (created by trtexec, reused on rebuilds), or None.
-        strongly_typed_graph: the ONNX carries its precision (FP16 casts or INT8 Q/DQ).
-
-    Raises:
-        UserError: a request this TensorRT cannot build (see `_precision_args`).
-        ValueError: an emitted option that this TensorRT's trtexec lacks (a bug here).
-    """
-    flavour = trt_flavour(trt_version)
-    if dla_core is not None and precision not in ("fp16", "int8"):
-        raise UserError("DLA runs fp16 or int8 only; drop --dla-core or change --precision")
-    args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
-    args.append(f"--memPoolSize=workspace:{int(workspace_mb)}")  # bare number = MiB in 8.5..11
-    args += _shape_args(shapes) if shapes else []
-    args += _precision_args(flavour, precision, dla_core is not None, calib_cache,
-                            strongly_typed_graph)  # fmt: skip
-    if dla_core is not None:
-        args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]  # SE gates need the GPU
-    if timing_cache:
-        args.append(f"--timingCacheFile={timing_cache}")
-    args.append("--buildOnly" if flavour == "8.5" else "--skipInference")
-    unknown = sorted({a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour])
-    if unknown:
-        raise ValueError(f"trtexec {flavour} has no {', '.join(unknown)} (bundle.py bug)")
-    return args
 
 
 def inspect_onnx(onnx_path: Path) -> tuple[list[str], list[str]]:
@@ -269,7 +131,7 @@ def _build_script(
         LABEL=plain(label),
         VERSION=__version__,
         JETSON_TRTEXEC=JETSON_TRTEXEC,
-        ACCEPTED="|".join(_VERSION_GLOB[f] for f in accepts),
+        ACCEPTED="|".join(VERSION_GLOBS[f] for f in accepts),
         ARGS="\n".join(f"  {shlex.quote(arg)} \\" for arg in args),
     )
 
@@ -332,6 +194,99 @@ def _warnings(dynamic: list[str], shapes: Shapes | None, dla_core: int | None) -
     return found
 
 
+@dataclass(frozen=True)
+class _Contents:
+    """What a bundle holds, settled (and checked) before anything is written.
+
+    files: shipped file names and the graph note, as manifest.json records them. sources:
+    shipped name -> the file to copy. args: the trtexec arguments. label: the TensorRT
+    version(s) for humans; accepts: the TRTEXEC_OPTIONS keys build.sh accepts. cli: the
+    equivalent `sase-deploy build` call. warnings: for the README, the manifest and the caller.
+    """
+
+    files: dict[str, Any]
+    sources: dict[str, Path]
+    args: list[str]
+    label: str
+    accepts: tuple[str, ...]
+    cli: str
+    warnings: list[str]
+
+
+def _shipped_cache(
+    onnx_path: Path, calib_cache: Path | None, typed: bool
+) -> tuple[Path | None, list[str]]:
+    """(calibration cache to ship, warnings): none for a typed graph, whose Q/DQ carry their own
+    scales. UserError when the ONNX or the cache is missing."""
+    cache_path = Path(calib_cache) if calib_cache else None
+    for path in (onnx_path, cache_path):
+        if path is not None and not path.is_file():
+            raise UserError(f"{path}: no such file")
+    if cache_path and typed:
+        return None, [f"{cache_path.name} not shipped: the typed graph carries its own scales"]
+    return cache_path, []
+
+
+def _contents(
+    target: Target,
+    onnx_path: Path,
+    precision: str,
+    calib_cache: Path | None,
+    shapes: Shapes | None,
+    workspace_mb: int,
+    dla_core: int | None,
+    trt_version: str | None,
+    typed: bool,
+) -> _Contents:
+    """The files, trtexec arguments and warnings of a bundle (see `write_bundle`'s arguments;
+    `typed` is its `strongly_typed_graph`)."""
+    cache_path, warnings = _shipped_cache(onnx_path, calib_cache, typed)
+    version, accepts, label = _resolve_version(target, trt_version, precision, typed)
+    engine = f"{onnx_path.stem}.{target.name}.{precision}.engine"
+    cache = cache_path.name if cache_path else None
+    args = trtexec_args(version, onnx_path.name, engine, precision, shapes, workspace_mb, dla_core,
+                        cache, TIMING_CACHE, typed)  # fmt: skip
+    for flavour in accepts[1:]:  # a 10-and-11 bundle must suit both option sets
+        if unknown := {a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour]:
+            raise ValueError(f"trtexec {flavour} has no {sorted(unknown)} (bundle.py bug)")
+    external, dynamic = inspect_onnx(onnx_path)
+    warnings += _warnings(dynamic, shapes, dla_core)
+    if cache_path and (note := _cache_warning(cache_path, accepts[0])):
+        warnings.append(note)
+    files = {"onnx": onnx_path.name, "external_data": external, "calibration_cache": cache,
+             "engine": engine, "graph": _graph_note(args, precision)}  # fmt: skip
+    cli = _cli_line(onnx_path.name, target, precision, dla_core, bool(cache), shapes, workspace_mb)
+    sources = {name: onnx_path.parent / name for name in [onnx_path.name, *external]}
+    sources.update({cache: cache_path} if cache and cache_path else {})
+    return _Contents(files, sources, args, label, accepts, cli, warnings)
+
+
+def _record(
+    target: Target,
+    precision: str,
+    typed: bool,
+    contents: _Contents,
+    manifest: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The bundle's manifest.json, less the checksums `_write` adds."""
+    return {
+        "format": "sase-deploy.bundle/1",
+        "sase_deploy": __version__,
+        "target": target.to_dict(),
+        "tensorrt": {
+            "version": contents.label,
+            "accepts": [VERSION_GLOBS[f] for f in contents.accepts],
+        },
+        "precision": precision,
+        "strongly_typed_graph": typed,
+        "files": contents.files,
+        "trtexec_args": contents.args,
+        "sase_deploy_command": contents.cli,
+        "warnings": contents.warnings,
+        "source": json.loads(json.dumps(dict(manifest or {}), default=str)),  # Paths -> str
+    }
+
+
 def write_bundle(
     out_dir: Path,
     target: Target,
@@ -370,53 +325,19 @@ def write_bundle(
         UserError: missing inputs or a request the target or its TensorRT cannot build.
     """
     check_request(target, precision, dla_core)
-    onnx_path, cache_path = Path(onnx_path), Path(calib_cache) if calib_cache else None
-    for path in (onnx_path, cache_path):
-        if path is not None and not path.is_file():
-            raise UserError(f"{path}: no such file")
-    warnings = []
-    if cache_path and strongly_typed_graph:
-        warnings.append(f"{cache_path.name} not shipped: the typed graph carries its own scales")
-        cache_path = None
-    version, accepts, label = _resolve_version(target, trt_version, precision, strongly_typed_graph)
     workspace = workspace_mb or target.default_workspace_mb
-    engine = f"{onnx_path.stem}.{target.name}.{precision}.engine"
-    cache = cache_path.name if cache_path else None
-    args = trtexec_args(version, onnx_path.name, engine, precision, shapes, workspace, dla_core,
-                        cache, TIMING_CACHE, strongly_typed_graph)  # fmt: skip
-    for flavour in accepts[1:]:  # a 10-and-11 bundle must suit both option sets
-        if unknown := {a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour]:
-            raise ValueError(f"trtexec {flavour} has no {sorted(unknown)} (bundle.py bug)")
-    external, dynamic = inspect_onnx(onnx_path)
-    warnings += _warnings(dynamic, shapes, dla_core)
-    if cache_path and (note := _cache_warning(cache_path, accepts[0])):
-        warnings.append(note)
-    files = {"onnx": onnx_path.name, "external_data": external, "calibration_cache": cache,
-             "engine": engine, "graph": _graph_note(args, precision)}  # fmt: skip
-    cli = _cli_line(onnx_path.name, target, precision, dla_core, bool(cache), shapes, workspace)
-    sources = {name: onnx_path.parent / name for name in [onnx_path.name, *external]}
-    sources.update({cache: cache_path} if cache and cache_path else {})
+    found = _contents(target, Path(onnx_path), precision, calib_cache, shapes, workspace,
+                      dla_core, trt_version, strongly_typed_graph)  # fmt: skip
+    label, notes = found.label, [*found.warnings, target.notes]
     texts = {
-        "build.sh": _build_script(target, engine, args, label, accepts),
-        "README.md": _readme(target, files, label, cli, [*warnings, target.notes]),
+        "build.sh": _build_script(target, found.files["engine"], found.args, label, found.accepts),
+        "README.md": _readme(target, found.files, label, found.cli, notes),
     }
-    record = {
-        "format": "sase-deploy.bundle/1",
-        "sase_deploy": __version__,
-        "target": target.to_dict(),
-        "tensorrt": {"version": label, "accepts": [_VERSION_GLOB[f] for f in accepts]},
-        "precision": precision,
-        "strongly_typed_graph": strongly_typed_graph,
-        "files": files,
-        "trtexec_args": args,
-        "sase_deploy_command": cli,
-        "warnings": warnings,
-        "source": json.loads(json.dumps(dict(manifest or {}), default=str)),  # Paths -> str
-    }
-    written = _write(Path(out_dir), sources, texts, record)
-    return {"out_dir": str(out_dir), "files": written, **files, "build_script": "build.sh",
+    record = _record(target, precision, strongly_typed_graph, found, manifest)
+    written = _write(Path(out_dir), found.sources, texts, record)
+    return {"out_dir": str(out_dir), "files": written, **found.files, "build_script": "build.sh",
             "manifest": "manifest.json", "readme": "README.md", "tensorrt": label,
-            "trtexec_args": args, "warnings": warnings}  # fmt: skip
+            "trtexec_args": found.args, "warnings": found.warnings}  # fmt: skip
 
 
 def _write(
