@@ -8,7 +8,10 @@ Run twice into two folders (`run1`, `run2`); paths inside the outputs name their
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +166,26 @@ def test_calibrate_and_convert_are_reproducible(
         assert result.code == 0, result.stderr
     assert_same_files(*runs, ["m.int8.onnx", "m.calib.cache", "m.fp16.onnx"])
     assert_same_json(*runs, ["m.calib.json"])
+
+
+def test_calibrate_is_reproducible_across_hash_seeds(
+    exports: tuple[Path, Path], inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Set and dict order must not leak into artifacts: Python randomises str hashes per
+    process (PYTHONHASHSEED), which two in-process runs cannot show."""
+    runs = tmp_path / "seed1", tmp_path / "seed2"
+    for seed, run in zip(("1", "2"), runs, strict=True):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sase_deploy.cli", "calibrate", str(exports[0] / "m.onnx"),
+             "--data", str(inputs["data"]), "--samples", "32", "-o", str(run)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert_same_files(*runs, ["m.int8.onnx", "m.calib.cache"])
+    # as text, not as dicts: key order is part of the bytes that engine cache keys hash
+    texts = [json.dumps(normalised(run / "m.calib.json", run)) for run in runs]
+    assert texts[0] == texts[1]
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,9 @@ def _int8_nodes(
     tolerance = options.auto_keep_tolerance
     if not options.quantize_gates and tolerance is None:
         candidates -= gates
-        kept.update({n: "SE gate path (pooled descriptors -> sigmoid)" for n in weighted & gates})
+        kept.update(
+            {n: "SE gate path (pooled descriptors -> sigmoid)" for n in sorted(weighted & gates)}
+        )
     auto: AutoKeepResult | None = None
     if tolerance is not None:
         with timer.stage("sensitivity"):
