@@ -31,9 +31,9 @@ from sase_deploy._io import atomic_path, sha256_file, write_json_atomic, write_t
 from sase_deploy.engines.targets import Target, check_request
 from sase_deploy.engines.trtexec import (
     TIMING_CACHE,
-    TRTEXEC_OPTIONS,
     VERSION_GLOBS,
     Shapes,
+    check_options,
     trt_flavour,
     trtexec_args,
 )
@@ -247,8 +247,7 @@ def _contents(
     args = trtexec_args(version, onnx_path.name, engine, precision, shapes, workspace_mb, dla_core,
                         cache, TIMING_CACHE, typed)  # fmt: skip
     for flavour in accepts[1:]:  # a 10-and-11 bundle must suit both option sets
-        if unknown := {a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour]:
-            raise ValueError(f"trtexec {flavour} has no {sorted(unknown)} (bundle.py bug)")
+        check_options(flavour, args)
     external, dynamic = inspect_onnx(onnx_path)
     warnings += _warnings(dynamic, shapes, dla_core)
     if cache_path and (note := _cache_warning(cache_path, accepts[0])):

@@ -154,7 +154,13 @@ def trtexec_args(
     if timing_cache:
         args.append(f"--timingCacheFile={timing_cache}")
     args.append("--buildOnly" if flavour == "8.5" else "--skipInference")
+    check_options(flavour, args)
+    return args
+
+
+def check_options(flavour: str, args: list[str]) -> None:
+    """ValueError (a bug in this module, not bad input) when `args` use an option that
+    trtexec `flavour` does not document."""
     unknown = sorted({a.split("=", 1)[0] for a in args} - TRTEXEC_OPTIONS[flavour])
     if unknown:
-        raise ValueError(f"trtexec {flavour} has no {', '.join(unknown)} (bundle.py bug)")
-    return args
+        raise ValueError(f"trtexec {flavour} has no {', '.join(unknown)} (engines/trtexec.py bug)")
