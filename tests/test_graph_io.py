@@ -157,3 +157,21 @@ def test_load_refuses_with_one_line(edit, message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=message) as info:
         load_onnx(path)
     assert "\n" not in str(info.value)
+
+
+def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    """`m.onnx.data` beside the model, but a symlink to a file elsewhere: refused like `..`."""
+    folder = tmp_path / "model"
+    dest = folder / "m.onnx"
+    save_onnx(_relu_model(4096), dest, threshold=1024)
+    data = folder / external_data_name(dest)
+    elsewhere = tmp_path / "weights.bin"
+    data.rename(elsewhere)
+    data.symlink_to(elsewhere)
+    with pytest.raises(UserError, match="lies outside the model's folder"):
+        load_onnx(dest)
+    inside = folder / "real.bin"  # a symlink that stays inside the folder is fine
+    elsewhere.rename(inside)
+    data.unlink()
+    data.symlink_to(inside)
+    assert len(load_onnx(dest).graph.initializer) == 1
