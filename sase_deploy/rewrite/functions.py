@@ -8,6 +8,7 @@ the same structure (same ops, attributes and wiring); structures that differ get
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
@@ -84,84 +85,122 @@ def wrap_blocks_as_functions(
     out.CopyFrom(model)
     nodes = list(out.graph.node)
     by_name = {n.name: n for n in nodes}
-    opset = opset_version(model)
-    functions: dict[tuple[Any, ...], onnx.FunctionProto] = {}
-    used_names: dict[str, int] = {}
+    library = _Library(opset_version(model))
     replaced: dict[str, onnx.NodeProto] = {}  # name of the block's last node -> call node
     removed: set[str] = set()
-    counts: dict[str, int] = {}
-    gates = _blocks(out)
-    gate_outputs = {output for _, _, output in gates}
-    rebuilt = _prefixed_blocks(
-        out, {k: v for k, v in (prefixes or {}).items() if k not in gate_outputs}, kinds
-    )
-    for found_kind, names, output in gates + rebuilt:
-        kind = kinds.get(output, found_kind)
+    for found_kind, names, output in _candidate_blocks(out, kinds, prefixes or {}):
         if any(n not in by_name or n in removed for n in names):
             continue
         body = [by_name[n] for n in names]
         if _escapes(out, body, output):
             continue
-        produced = {t for n in body for t in n.output}
-        externals: list[str] = []
-        for n in body:
-            for t in n.input:
-                if t and t not in produced and t not in externals:
-                    externals.append(t)
-        local = {t: f"in{i}" for i, t in enumerate(externals)}
-        for i, n in enumerate(body):
-            for j, t in enumerate(n.output):
-                local[t] = "out" if t == output else f"t{i}_{j}"
-        new_body = []
-        for i, n in enumerate(body):
-            copy = helper.make_node(
-                n.op_type,
-                [local.get(t, t) if t else "" for t in n.input],
-                [local[t] for t in n.output],
-                name=f"n{i}",
-                domain=n.domain,
-            )
-            copy.attribute.extend(n.attribute)
-            new_body.append(copy)
-        signature = (*tuple(node.SerializeToString() for node in new_body), len(externals))
-        if signature not in functions:
+        externals, function_body = _function_body(body, output)
+        kind = kinds.get(output, found_kind)
+        replaced[names[-1]] = library.call(kind, externals, function_body, output, names[-1])
+        removed.update(names)
+    if not replaced:
+        return out, {"functions": {}}
+    _splice(out, nodes, replaced, removed, list(library.functions.values()))
+    return out, {"domain": DOMAIN, "functions": dict(sorted(library.counts.items()))}
+
+
+def _candidate_blocks(
+    model: onnx.ModelProto, kinds: dict[str, str], prefixes: dict[str, str]
+) -> list[tuple[str, list[str], str]]:
+    """Clean channel gates, then the rebuilt blocks that are not also gates."""
+    gates = _blocks(model)
+    gate_outputs = {output for _, _, output in gates}
+    rebuilt = _prefixed_blocks(
+        model, {k: v for k, v in prefixes.items() if k not in gate_outputs}, kinds
+    )
+    return gates + rebuilt
+
+
+def _function_body(
+    body: list[onnx.NodeProto], output: str
+) -> tuple[list[str], list[onnx.NodeProto]]:
+    """The block's external inputs (in first-use order) and its nodes renamed for a function:
+    inputs `in<i>`, the block output `out`, inner tensors `t<node>_<output>`, nodes `n<i>`."""
+    produced = {t for n in body for t in n.output}
+    externals: list[str] = []
+    for n in body:
+        for t in n.input:
+            if t and t not in produced and t not in externals:
+                externals.append(t)
+    local = {t: f"in{i}" for i, t in enumerate(externals)}
+    for i, n in enumerate(body):
+        for j, t in enumerate(n.output):
+            local[t] = "out" if t == output else f"t{i}_{j}"
+    renamed = []
+    for i, n in enumerate(body):
+        copy = helper.make_node(
+            n.op_type,
+            [local.get(t, t) if t else "" for t in n.input],
+            [local[t] for t in n.output],
+            name=f"n{i}",
+            domain=n.domain,
+        )
+        copy.attribute.extend(n.attribute)
+        renamed.append(copy)
+    return externals, renamed
+
+
+@dataclass
+class _Library:
+    """The local functions made so far: one per block structure (same ops, attributes and
+    wiring), named after the kind (`_2`, `_3` for other structures), and their call counts."""
+
+    opset: int
+    functions: dict[tuple[Any, ...], onnx.FunctionProto] = field(default_factory=dict)
+    used_names: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def call(
+        self, kind: str, externals: list[str], body: list[onnx.NodeProto], output: str, last: str
+    ) -> onnx.NodeProto:
+        """The node calling the function for `body` (made on first use) on `externals`."""
+        signature = (*tuple(node.SerializeToString() for node in body), len(externals))
+        if signature not in self.functions:
             base = FUNCTION_NAMES.get(kind, "SqueezeExcite")
-            used_names[base] = used_names.get(base, 0) + 1
-            fname = base if used_names[base] == 1 else f"{base}_{used_names[base]}"
-            functions[signature] = helper.make_function(
+            self.used_names[base] = self.used_names.get(base, 0) + 1
+            fname = base if self.used_names[base] == 1 else f"{base}_{self.used_names[base]}"
+            self.functions[signature] = helper.make_function(
                 DOMAIN,
                 fname,
                 [f"in{i}" for i in range(len(externals))],
                 ["out"],
-                new_body,
-                [helper.make_opsetid("", opset)],
+                body,
+                [helper.make_opsetid("", self.opset)],
             )
-        fname = functions[signature].name
-        counts[fname] = counts.get(fname, 0) + 1
-        call = helper.make_node(
-            fname, externals, [output], name=f"{fname}/{names[-1]}", domain=DOMAIN
-        )
-        replaced[names[-1]] = call
-        removed.update(names)
-    if not replaced:
-        return out, {"functions": {}}
+        fname = self.functions[signature].name
+        self.counts[fname] = self.counts.get(fname, 0) + 1
+        return helper.make_node(fname, externals, [output], name=f"{fname}/{last}", domain=DOMAIN)
+
+
+def _splice(
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    replaced: dict[str, onnx.NodeProto],
+    removed: set[str],
+    functions: list[onnx.FunctionProto],
+) -> None:
+    """Put the call nodes in place of their blocks (at each block's last node) in `model`."""
     new_nodes = []
     for n in nodes:
         if n.name in replaced:
             new_nodes.append(replaced[n.name])
         elif n.name not in removed:
             new_nodes.append(n)
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    out.functions.extend(functions.values())
-    if not any(imp.domain == DOMAIN for imp in out.opset_import):
-        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    kept = {vi.name for vi in out.graph.value_info}
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    model.functions.extend(functions)
+    if not any(imp.domain == DOMAIN for imp in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    kept = {vi.name for vi in model.graph.value_info}
     inner = {t for n in nodes if n.name in removed for t in n.output} - {
         n.output[0] for n in replaced.values()
     }
     if kept & inner:  # value_info of tensors now inside functions would dangle
-        vis = [vi for vi in out.graph.value_info if vi.name not in inner]
-        del out.graph.value_info[:]
-        out.graph.value_info.extend(vis)
-    return out, {"domain": DOMAIN, "functions": dict(sorted(counts.items()))}
+        vis = [vi for vi in model.graph.value_info if vi.name not in inner]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(vis)

@@ -206,32 +206,10 @@ def fuse_model(
     original = copy.deepcopy(model)
     check = SelfChecker(original, self_check, tolerance, seed, dict(feed or {}))
     current = export_model(import_graph(original), original)
-    rule_entries = []
-    blocks: dict[str, str] = {}
-    prefixes: dict[str, str] = {}
-    for rule in rules:
-        if on_rule is not None:
-            on_rule(rule.name)
-        current, entry, matches = _rule_batch(current, rule, check)
-        rule_entries.append(entry)
-        applied = {m["anchor"] for m in entry["matches"] if m["status"] == "applied"}
-        for match in matches:
-            if match.kind is None:
-                continue
-            key = match.block_output or f"{match.rule}:{match.anchor}"
-            blocks.setdefault(key, match.kind)
-            if match.block_output and match.anchor in applied:  # rebuilt under this prefix
-                prefixes.setdefault(match.block_output, f"{match.rule}/{match.anchor}/")
+    current, rule_entries, blocks, prefixes = _run_rules(current, rules, check, on_rule)
     functions_report: dict[str, Any] | None = None
     if as_functions:
-        from sase_deploy.rewrite.functions import wrap_blocks_as_functions
-
-        wrapped, functions_report = wrap_blocks_as_functions(current, blocks, prefixes)
-        wrapped_check = check(wrapped)
-        if wrapped_check.ok:
-            current = wrapped
-        else:
-            functions_report = {"error": wrapped_check.reason, "functions": {}}
+        current, functions_report = _wrap_as_functions(current, blocks, prefixes, check)
     block_outputs = sorted(set(blocks) & check.original_tensors)  # keys: block_output names
     final = check(current, block_outputs)
     if not final.ok:  # every batch passed; only a bug could get here
@@ -244,21 +222,78 @@ def fuse_model(
         "ops_before": _op_counts(original),
         "ops_after": _op_counts(current),
         "rules": rule_entries,
-        "self_check": {
-            "enabled": self_check,
-            "tolerance": tolerance,
-            "block_tolerance": tolerance,
-            "noise_floor": check.noise_floor,
-            "noise_floor_factor": NOISE_FLOOR_FACTOR,
-            "network_tolerance": check.network_tolerance,
-            "blocks_checked": len(block_outputs),
-            "seed": seed,
-            "runs": check.checks,
-            # below 1.0 the original overflows on the seeded inputs: only the finite part and
-            # the positions of inf/nan are compared
-            "reference_finite_fraction": check.finite_fraction,
-            **final.stats,
-        },
+        "self_check": _self_check_entry(check, final, self_check, tolerance, seed, block_outputs),
         "as_functions": functions_report,
     }
     return FuseResult(model=current, report=report)
+
+
+def _run_rules(
+    model: onnx.ModelProto,
+    rules: Sequence[RewriteRule[Any]],
+    check: SelfChecker,
+    on_rule: Callable[[str], None] | None,
+) -> tuple[onnx.ModelProto, list[dict[str, Any]], dict[str, str], dict[str, str]]:
+    """Apply `rules` in order (one self-checked batch each) to `model`.
+
+    Returns the rewritten model, each rule's report entry, the kind of every block found (keyed
+    by its block output, else `rule:anchor`; the first rule to report a block names it) and the
+    node-name prefix of every block a rule rebuilt (keyed by its block output).
+    """
+    entries: list[dict[str, Any]] = []
+    blocks: dict[str, str] = {}
+    prefixes: dict[str, str] = {}
+    for rule in rules:
+        if on_rule is not None:
+            on_rule(rule.name)
+        model, entry, matches = _rule_batch(model, rule, check)
+        entries.append(entry)
+        applied = {m["anchor"] for m in entry["matches"] if m["status"] == "applied"}
+        for match in matches:
+            if match.kind is None:
+                continue
+            key = match.block_output or f"{match.rule}:{match.anchor}"
+            blocks.setdefault(key, match.kind)
+            if match.block_output and match.anchor in applied:  # rebuilt under this prefix
+                prefixes.setdefault(match.block_output, f"{match.rule}/{match.anchor}/")
+    return model, entries, blocks, prefixes
+
+
+def _wrap_as_functions(
+    model: onnx.ModelProto, blocks: dict[str, str], prefixes: dict[str, str], check: SelfChecker
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`model` with its blocks wrapped as function nodes (`functions`) when that passes `check`;
+    else `model` unchanged. Returns the model and the report's `as_functions` entry."""
+    from sase_deploy.rewrite.functions import wrap_blocks_as_functions
+
+    wrapped, functions_report = wrap_blocks_as_functions(model, blocks, prefixes)
+    wrapped_check = check(wrapped)
+    if wrapped_check.ok:
+        return wrapped, functions_report
+    return model, {"error": wrapped_check.reason, "functions": {}}
+
+
+def _self_check_entry(
+    check: SelfChecker,
+    final: CheckResult,
+    enabled: bool,
+    tolerance: float,
+    seed: int,
+    block_outputs: list[str],
+) -> dict[str, Any]:
+    """The report's `self_check` entry: settings, noise floors, and the final check's stats."""
+    return {
+        "enabled": enabled,
+        "tolerance": tolerance,
+        "block_tolerance": tolerance,
+        "noise_floor": check.noise_floor,
+        "noise_floor_factor": NOISE_FLOOR_FACTOR,
+        "network_tolerance": check.network_tolerance,
+        "blocks_checked": len(block_outputs),
+        "seed": seed,
+        "runs": check.checks,
+        # below 1.0 the original overflows on the seeded inputs: only the finite part and
+        # the positions of inf/nan are compared
+        "reference_finite_fraction": check.finite_fraction,
+        **final.stats,
+    }
