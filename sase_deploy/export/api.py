@@ -340,7 +340,7 @@ def _simplify(record: GraphRecord) -> None:
 def _fuse(record: GraphRecord) -> None:
     from sase_deploy.rewrite import fuse_model  # lazy: the rewrite stage imports ORT
 
-    result = fuse_model(record.model, self_check=True)
+    result = fuse_model(record.model, self_check=True, canonical=True)  # canonicalised above
     record.model = name_nodes(result.model)
     record.fusion = {"applied": True, "status": "fused", "report": result.report}
 

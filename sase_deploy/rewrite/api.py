@@ -1,8 +1,8 @@
 """File-level entry point of the fusion pass (what `sase-deploy fuse` calls).
 
-The file is read, checked and canonicalised by `sase_deploy.graph_io` (as every stage does), so
-a TorchScript export, with its run-time shape arithmetic, fuses like the dynamo export of the
-same module.
+The file is read and checked by `sase_deploy.graph_io` (as every stage does) and canonicalised
+by `fuse_model`, so a TorchScript export, with its run-time shape arithmetic, fuses like the
+dynamo export of the same module.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from sase_deploy._io import check_writable, write_json_atomic
 from sase_deploy.errors import UserError
-from sase_deploy.graph_io import canonicalise, load_onnx, save_onnx
+from sase_deploy.graph_io import load_onnx, save_onnx
 from sase_deploy.rewrite.passes import fuse_model
 from sase_deploy.rewrite.rule import RewriteRule
 from sase_deploy.rewrite.rules import DEFAULT_RULES
@@ -40,11 +40,10 @@ def fuse_file(
     if out.suffix != ".onnx":
         raise UserError(f"output must end in .onnx, got '{out}'")
     original = load_onnx(input_path)
-    model = canonicalise(original)
     # both destinations before the work: a bad --report must not leave the fused file behind
     check_writable(out, *([report_path] if report_path is not None else []))
     result = fuse_model(
-        model,
+        original,
         rules=rules,
         self_check=self_check,
         as_functions=as_functions,

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from sase_deploy.errors import UserError
+from sase_deploy.graph_io import canonicalise
 from sase_deploy.rewrite.graph_utils import export_model, import_graph
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
 from sase_deploy.rewrite.rules import DEFAULT_RULES
@@ -194,16 +195,20 @@ def fuse_model(
     seed: int = 0,
     feed: dict[str, np.ndarray] | None = None,
     on_rule: Callable[[str], None] | None = None,
+    canonical: bool = False,
 ) -> FuseResult:
     """Fuse SE-family blocks in `model` (not modified) and report what was done.
 
     `rules` is applied in order; `self_check` runs ORT CPU after every rule (`tolerance` is
     relative to each output's scale); `as_functions` wraps each fused block into a local
     function node of domain `sase_deploy`; `on_rule` is called with each rule's name (progress).
+    The model is canonicalised first (`graph_io.canonicalise`: folded shapes and constants, so
+    any exporter's graph reads alike) unless `canonical` says it already is; `nodes_before`
+    and the self-check refer to the canonical form.
     """
     if not isinstance(model, onnx.ModelProto) or not model.graph.node:
         raise UserError("the model has no graph nodes; pass an ONNX model exported by sase-deploy")
-    original = copy.deepcopy(model)
+    original = copy.deepcopy(model) if canonical else canonicalise(model)
     check = SelfChecker(original, self_check, tolerance, seed, dict(feed or {}))
     current = export_model(import_graph(original), original)
     current, rule_entries, blocks, prefixes = _run_rules(current, rules, check, on_rule)
