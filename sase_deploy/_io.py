@@ -197,8 +197,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path = Path(tmp)
         try:
             yield tmp_path
-            # mkstemp creates 0600; give the artifact the permissions a plain open() would.
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            give_default_permissions(tmp_path)
             os.replace(tmp_path, dest)
         except OSError as exc:
             if is_output_failure(exc, tmp_path, dest):
@@ -228,6 +227,13 @@ def check_writable(*dests: str | os.PathLike[str]) -> None:
                 raise output_error(dest, exc) from exc
             os.close(fd)
             os.unlink(probe)
+
+
+def give_default_permissions(path: str | os.PathLike[str]) -> None:
+    """The permissions a plain open() would give (0666 less the umask): mkstemp and onnx's
+    external-data writer create files 0600, which other users of a shared artifact folder
+    (a Triton server, a CI job) could not read."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -109,6 +109,26 @@ def test_minmax_header_and_ranges_cover_data(tiny: Path, tiny_data: Path, tmp_pa
     assert amax == pytest.approx(float(np.abs(np.load(tiny_data)["x"]).max()), rel=1e-6)
 
 
+def test_large_int8_model_keeps_weights_beside_it(
+    tiny: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the external-data threshold (lowered here; 1.8 GB really) the INT8 model is written
+    as graph_io saves any model: weights in NAME.int8.onnx.data beside it, read back by the one
+    checked loader; no staging folder is left."""
+    from sase_deploy.calibration import api
+    from sase_deploy.graph_io import load_onnx
+
+    monkeypatch.setattr(api, "EXTERNAL_DATA_THRESHOLD", 1024)
+    result = calibrate_onnx(tiny, str(tiny_data), tmp_path, method="minmax", samples=16)
+    data = result.int8_onnx.with_name(result.int8_onnx.name + ".data")
+    assert data.is_file() and data.stat().st_size > 1024
+    assert data.stat().st_mode & 0o777 == result.int8_onnx.stat().st_mode & 0o777
+    assert len(load_onnx(result.int8_onnx).graph.initializer) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [result.int8_onnx.name, data.name, result.cache.name, result.json.name]
+    )
+
+
 def test_every_qdq_is_symmetric_int8_with_per_channel_weights(calibrated) -> None:  # type: ignore[no-untyped-def]
     pairs = qdq_pairs(onnx.load(calibrated.int8_onnx))
     assert pairs, "no Q/DQ nodes were inserted"

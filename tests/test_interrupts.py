@@ -217,7 +217,7 @@ def test_sigkill_during_calibrate_keeps_the_previous_calibration(
         "-o",
         str(out),
     ]
-    interrupt_at_each_point(args, tmp_path, out, ".dyn.*.tmp", delays=(0.3, 0.8, 1.2))
+    interrupt_at_each_point(args, tmp_path, out, ".sase-export.*", delays=(0.3, 0.8, 1.2))
     rerun(args, tmp_path, out)
     new = snapshot(out)
     assert all(new[name] != old[name] for name in old)

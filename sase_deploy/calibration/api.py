@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import onnx
 
-from sase_deploy._io import atomic_path, check_writable, sha256_file
+from sase_deploy._io import check_writable, sha256_file
 from sase_deploy._timing import StageTimer, rounded
 from sase_deploy.calibration import graph, trt_cache
 from sase_deploy.calibration.fp16 import convert_fp16, fp16_keep_list
@@ -27,7 +28,15 @@ from sase_deploy.calibration.sources import (
     registry_preprocess,
 )
 from sase_deploy.errors import UserError
-from sase_deploy.graph_io import canonicalise, load_onnx, save_onnx
+from sase_deploy.graph_io import (
+    EXTERNAL_DATA_THRESHOLD,
+    canonicalise,
+    load_onnx,
+    publish,
+    save_model,
+    save_onnx,
+    staging_dir,
+)
 from sase_deploy.models.spec import Preprocess
 
 CALIB_FORMAT = "sase-deploy.calib/1"
@@ -243,16 +252,16 @@ def _write_calibration(
     extra: dict[str, Any],
     timer: StageTimer,
 ) -> None:
-    """Write the three artifacts as one step: all into temp files, then renamed (no set of
-    files is left half written when the disk fills or the place is not writable)."""
-    with (
-        atomic_path(result.int8_onnx) as int8_tmp,
-        atomic_path(result.cache) as cache_tmp,
-        atomic_path(result.json) as json_tmp,
-    ):
+    """Write the three artifacts as one step: all into a staging folder beside them, then
+    renamed, the record (`NAME.calib.json`) last (no set of files is left half written when the
+    disk fills or the place is not writable). A large INT8 model keeps its weights in an
+    external data file, as `graph_io.save_onnx` does."""
+    with staging_dir(result.int8_onnx.parent) as staging:
+        staged_model = staging / result.int8_onnx.name
+        staged_cache, staged_json = staging / result.cache.name, staging / result.json.name
         with timer.stage("write"):
-            onnx.save_model(quantized, int8_tmp)
-            cache_tmp.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
+            save_model(quantized, staged_model, threshold=EXTERNAL_DATA_THRESHOLD)
+            staged_cache.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
         timer.total()  # before the json, which records it
         summary = {k: v for k, v in result.to_dict().items() if k != "calib_json"}
         details = {
@@ -275,7 +284,10 @@ def _write_calibration(
                 for name, value in ranges.amax.items()
             },
         }
-        json_tmp.write_text(json.dumps(details, indent=2, sort_keys=False) + "\n")
+        staged_json.write_text(json.dumps(details, indent=2, sort_keys=False) + "\n")
+        publish(staged_model, result.int8_onnx)
+        os.replace(staged_cache, result.cache)
+        os.replace(staged_json, result.json)
 
 
 def read_calib_json(path: str | Path) -> dict[str, float]:

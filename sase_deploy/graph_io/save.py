@@ -16,7 +16,13 @@ from pathlib import Path
 
 import onnx
 
-from sase_deploy._io import is_output_failure, output_error, output_folder, sweep_stale_temps
+from sase_deploy._io import (
+    give_default_permissions,
+    is_output_failure,
+    output_error,
+    output_folder,
+    sweep_stale_temps,
+)
 
 # protobuf cannot serialise a message over 2 GiB; stay clear of the limit.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -105,6 +111,9 @@ def publish(staged: Path, dest: Path) -> list[Path]:
     data = staged.parent / external_data_name(staged)
     dest_data = dest.parent / external_data_name(dest)
     try:
+        for path in (staged, data):
+            if path.exists():
+                give_default_permissions(path)
         if data.exists():
             os.replace(data, dest_data)
             moved.append(dest_data)
