@@ -163,9 +163,18 @@ class Ctx:
 
         return self.onnx_variant("ir_new.onnx", edit)
 
+    def dangling(self) -> str:
+        """The good model with a node reading a tensor nothing makes: onnx.checker refuses it."""
+
+        def edit(model: onnx.ModelProto) -> None:
+            add = helper.make_node("Add", [model.graph.node[0].output[0], "nowhere"], ["dangle"])
+            model.graph.node.insert(1, add)
+
+        return self.onnx_variant("dangling.onnx", edit)
+
     def unsorted(self) -> str:
         """The good model with its nodes reversed: ORT runs it, onnx.checker and TensorRT's
-        parser refuse it."""
+        parser refuse it (build refuses it; fuse, calibrate and convert sort it)."""
 
         def edit(model: onnx.ModelProto) -> None:
             nodes = list(model.graph.node)
@@ -346,7 +355,7 @@ CASES = [
     P(lambda c: ["fuse", c.opset99(), "-o", c.out("f.onnx")], id="fuse-opset-too-new"),
     P(lambda c: ["fuse", c.opset11(), "-o", c.out("f.onnx")], id="fuse-opset-too-old"),
     P(lambda c: ["fuse", c.ir_too_new(), "-o", c.out("f.onnx")], id="fuse-ir-too-new"),
-    P(lambda c: ["fuse", c.unsorted(), "-o", c.out("f.onnx")], id="fuse-checker-fails"),
+    P(lambda c: ["fuse", c.dangling(), "-o", c.out("f.onnx")], id="fuse-checker-fails"),
     P(
         lambda c: ["fuse", c.external_outside(False), "-o", c.out("f.onnx")],
         id="fuse-external-data-dotdot",
@@ -383,7 +392,7 @@ CASES = [
     P(lambda c: _calibrate(c, c.garbage("m.onnx"), c.a.calib), id="calibrate-onnx-garbage"),
     P(lambda c: _calibrate(c, c.custom_op(), c.a.calib), id="calibrate-custom-op"),
     P(lambda c: _calibrate(c, c.opset99(), c.a.calib), id="calibrate-opset-too-new"),
-    P(lambda c: _calibrate(c, c.unsorted(), c.a.calib), id="calibrate-checker-fails"),
+    P(lambda c: _calibrate(c, c.dangling(), c.a.calib), id="calibrate-checker-fails"),
     P(
         lambda c: _calibrate(c, c.external_outside(False), c.a.calib),
         id="calibrate-external-data-dotdot",
@@ -504,7 +513,8 @@ CASES = [
     P(lambda c: _build(c, c.garbage("m.onnx")), id="build-onnx-garbage"),
     P(lambda c: _build(c, c.custom_op()), id="build-custom-op"),
     P(lambda c: _build(c, c.opset99()), id="build-opset-too-new"),
-    P(lambda c: _build(c, c.unsorted()), id="build-checker-fails"),
+    P(lambda c: _build(c, c.unsorted()), id="build-unsorted"),
+    P(lambda c: _build(c, c.dangling()), id="build-checker-fails"),
     P(lambda c: _build(c, c.external_outside(False)), id="build-external-data-dotdot"),
     P(lambda c: _build(c, c.external_outside(True)), id="build-external-data-absolute"),
     P(lambda c: ["build", str(c.a.dyn), "-t", "nope", "-o", c.out("")], id="build-unknown-target"),

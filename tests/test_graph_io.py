@@ -177,3 +177,27 @@ def test_external_data_through_a_symlink_is_refused(tmp_path: Path) -> None:
     data.symlink_to(inside)
     with pytest.raises(UserError, match=r"cannot read its external data.*symbolic link"):
         load_onnx(dest)
+
+
+def test_unsorted_files_are_sorted_by_stages_that_rewrite_and_refused_by_the_others(
+    tmp_path: Path,
+) -> None:
+    """ORT runs a graph whose nodes are out of order (old float16-converter output does that);
+    the checker and TensorRT's parser do not. fuse/calibrate/convert write a new graph anyway,
+    so they sort it (`sort=True`); build, compare and triton hand the file on: one line, exit 2."""
+    from sase_deploy.rewrite.api import fuse_file
+
+    model = _shape_arithmetic_model()
+    model.graph.node[5].name = "reshape"
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    path = tmp_path / "unsorted.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(UserError, match=r"out of topological order.*'sase-deploy fuse'"):
+        load_onnx(path)
+    sorted_model = load_onnx(path, sort=True)
+    assert sorted_model.graph.node[0].op_type == "Conv"
+    summary = fuse_file(path, tmp_path / "fused.onnx")
+    assert summary["nodes_in_file"] == 8 and summary["nodes_after"] == 3
+    load_onnx(tmp_path / "fused.onnx")  # what fuse wrote is sorted

@@ -53,7 +53,7 @@ _Options = TypeVar("_Options", bound=PrecisionOptions)
 def _load(path: Path) -> onnx.ModelProto:
     """The model at `path`, checked (`graph_io.load_onnx`) and canonicalised with unique node
     names (ORT's quantizer selects nodes by name), whichever exporter wrote it."""
-    return canonicalise(load_onnx(path))
+    return canonicalise(load_onnx(path, sort=True))
 
 
 def _model_stem(path: Path) -> str:

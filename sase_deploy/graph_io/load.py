@@ -24,13 +24,18 @@ RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _PROTO_LIMIT = 2_000_000_000
 
 
-def load_onnx(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+def load_onnx(
+    path: str | os.PathLike[str], *, check: bool = True, sort: bool = False
+) -> onnx.ModelProto:
     """Load the model at `path` with its external data and check it.
 
     Args:
         path: an `.onnx` file; external data must lie inside its folder.
         check: run `onnx.checker` and the opset/op checks (False only for files this process
             has just written and checked).
+        sort: put nodes out of topological order (ORT runs such files; the checker and
+            TensorRT's parser refuse them) in order first, for stages that write a new graph
+            anyway (fuse, calibrate, convert). Stages that hand the file on as it is refuse it.
 
     Raises:
         UserError: missing or unreadable file, external data outside the folder or missing,
@@ -55,6 +60,10 @@ def load_onnx(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Model
             ) from exc
     if not model.graph.node:
         raise UserError(f"{path} has an empty graph; pass an exported model")
+    if sort and not is_sorted(model.graph):
+        from sase_deploy.graph_io.canonical import toposorted
+
+        model = toposorted(model)
     if check:
         check_versions(model, path)
         _run_checker(model, path)
@@ -104,7 +113,25 @@ def check_versions(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None
             )
 
 
+def is_sorted(graph: onnx.GraphProto) -> bool:
+    """Whether every node's inputs are made before it (graph inputs, initializers, earlier
+    nodes' outputs; names from an enclosing graph count as made)."""
+    produced = {node_output for node in graph.node for node_output in node.output}
+    seen: set[str] = set()
+    for node in graph.node:
+        if any(name in produced and name not in seen for name in node.input if name):
+            return False
+        seen.update(node.output)
+    return True
+
+
 def _run_checker(model: onnx.ModelProto, path: Path) -> None:
+    if not is_sorted(model.graph):
+        raise UserError(
+            f"{path} has nodes out of topological order (ONNX Runtime runs that, TensorRT's "
+            "parser does not); write it sorted first, e.g. with 'sase-deploy fuse' or "
+            "'sase-deploy convert'"
+        )
     try:
         if model.ByteSize() < _PROTO_LIMIT:
             onnx.checker.check_model(model)

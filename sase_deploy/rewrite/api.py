@@ -39,7 +39,7 @@ def fuse_file(
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise UserError(f"output must end in .onnx, got '{out}'")
-    original = load_onnx(input_path)
+    original = load_onnx(input_path, sort=True)
     # both destinations before the work: a bad --report must not leave the fused file behind
     check_writable(out, *([report_path] if report_path is not None else []))
     result = fuse_model(
