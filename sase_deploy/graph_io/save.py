@@ -71,11 +71,8 @@ def save_onnx(
     dest = Path(dest)
     with staging_dir(dest.parent) as staging:
         staged = staging / dest.name
-        data = save_model(model, staged, threshold=threshold)
-        written = publish(staged, dest)
-    if data is None:  # a data file left from an earlier, larger model would be read by nobody
-        (dest.parent / external_data_name(dest)).unlink(missing_ok=True)
-    return written
+        save_model(model, staged, threshold=threshold)
+        return publish(staged, dest)
 
 
 @contextlib.contextmanager
@@ -105,7 +102,8 @@ def publish(staged: Path, dest: Path) -> list[Path]:
     """Move a staged model (and its data file, first) onto `dest`; returns the final paths.
 
     If the model cannot be moved (`dest` is a folder, say), the data file is taken back: a
-    `UserError`, and nothing new left at `dest`.
+    `UserError`, and nothing new left at `dest`. A model published without a data file removes
+    one an earlier, larger model left at `dest` (nobody would read it).
     """
     moved = []
     data = staged.parent / external_data_name(staged)
@@ -123,5 +121,7 @@ def publish(staged: Path, dest: Path) -> list[Path]:
             with contextlib.suppress(OSError):
                 os.replace(path, data)
         raise output_error(dest, exc) from exc
+    if not moved:
+        dest_data.unlink(missing_ok=True)
     moved.insert(0, dest)
     return moved
