@@ -14,6 +14,7 @@ import onnx
 from onnx import external_data_helper as ext
 
 from sase_deploy.errors import UserError, first_line
+from sase_deploy.graph_io.canonical import toposorted
 
 # The rules read Split/Squeeze/Reduce* in their opset-13+ forms, and ORT's per-channel QDQ
 # quantizer needs 13; older graphs are upgraded with onnx's version converter (see message).
@@ -24,15 +25,11 @@ RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _PROTO_LIMIT = 2_000_000_000
 
 
-def load_onnx(
-    path: str | os.PathLike[str], *, check: bool = True, sort: bool = False
-) -> onnx.ModelProto:
+def load_onnx(path: str | os.PathLike[str], *, sort: bool = False) -> onnx.ModelProto:
     """Load the model at `path` with its external data and check it.
 
     Args:
         path: an `.onnx` file; external data must lie inside its folder.
-        check: run `onnx.checker` and the opset/op checks (False only for files this process
-            has just written and checked).
         sort: put nodes out of topological order (ORT runs such files; the checker and
             TensorRT's parser refuse them) in order first, for stages that write a new graph
             anyway (fuse, calibrate, convert). Stages that hand the file on as it is refuse it.
@@ -60,14 +57,17 @@ def load_onnx(
             ) from exc
     if not model.graph.node:
         raise UserError(f"{path} has an empty graph; pass an exported model")
-    if sort and not is_sorted(model.graph):
-        from sase_deploy.graph_io.canonical import toposorted
-
+    if not is_sorted(model.graph):
+        if not sort:
+            raise UserError(
+                f"{path} has nodes out of topological order (ONNX Runtime runs that, TensorRT's "
+                "parser does not); write it sorted first, e.g. with 'sase-deploy fuse' or "
+                "'sase-deploy convert'"
+            )
         model = toposorted(model)
-    if check:
-        check_versions(model, path)
-        _run_checker(model, path)
-        check_runnable(model, path)
+    check_versions(model, path)
+    _run_checker(model, path)
+    check_runnable(model, path)
     return model
 
 
@@ -126,12 +126,6 @@ def is_sorted(graph: onnx.GraphProto) -> bool:
 
 
 def _run_checker(model: onnx.ModelProto, path: Path) -> None:
-    if not is_sorted(model.graph):
-        raise UserError(
-            f"{path} has nodes out of topological order (ONNX Runtime runs that, TensorRT's "
-            "parser does not); write it sorted first, e.g. with 'sase-deploy fuse' or "
-            "'sase-deploy convert'"
-        )
     try:
         if model.ByteSize() < _PROTO_LIMIT:
             onnx.checker.check_model(model)
