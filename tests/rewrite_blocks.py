@@ -11,7 +11,8 @@ import onnx
 import torch
 from torch import nn
 
-from sase_deploy.rewrite.graph_utils import export_model, import_graph
+from sase_deploy.graph_io import model_from_graph
+from sase_deploy.rewrite.graph_utils import import_graph
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
 
 
@@ -188,4 +189,4 @@ def apply_rule(rule: RewriteRule, model: onnx.ModelProto) -> tuple[onnx.ModelPro
                 rule.rewrite(graph, found)
                 graph.cleanup().toposort()
         results.append(found)
-    return export_model(graph, model), results
+    return model_from_graph(graph, model), results

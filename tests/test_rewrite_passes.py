@@ -12,8 +12,9 @@ from onnx import TensorProto, helper
 from rewrite_blocks import ECA, CBAMChannel, Host, LinearSE, SleHost, export
 
 from sase_deploy.engines.ort import run_onnx
+from sase_deploy.graph_io import replace_uses
 from sase_deploy.rewrite import fuse_model
-from sase_deploy.rewrite.graph_utils import const_value, import_graph, replace_uses
+from sase_deploy.rewrite.graph_utils import const_value, import_graph
 from sase_deploy.rewrite.rule import Captures, Match, RewriteRule
 from sase_deploy.rewrite.rules import CLEANUP_RULES, SE_GATE_RULES
 from sase_deploy.rewrite.rules.se_gate import SeGateCanonicalise

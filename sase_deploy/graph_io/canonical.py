@@ -38,10 +38,10 @@ def canonicalise(
         strict: raise when the final shape inference finds an inconsistency (export: that is a
             bug in the export) instead of keeping the graph without inferred shapes.
     """
-    current = model
-    for _ in range(_MAX_ROUNDS):
+    current = simplify(infer_shapes(model))
+    for _ in range(_MAX_ROUNDS - 1):
         folded = simplify(infer_shapes(current))
-        if len(folded.graph.node) >= len(current.graph.node) and current is not model:
+        if len(folded.graph.node) >= len(current.graph.node):
             break
         current = folded
     inferred = infer_shapes(current, strict=strict)
@@ -77,7 +77,8 @@ def drop_identity_arithmetic(graph: gs.Graph) -> int:
         for const_at in (1, 0) if commutes else (1,):
             const, other = node.inputs[const_at], node.inputs[1 - const_at]
             if _is_neutral(const, other, neutral):
-                _bypass(node, other)
+                replace_uses(graph, node.outputs[0], other)
+                node.outputs.clear()
                 count += 1
                 break
     return count
@@ -93,13 +94,15 @@ def _is_neutral(const: gs.Tensor, other: gs.Tensor, neutral: float) -> bool:
     return values.ndim == 0 or (rank is not None and rank >= values.ndim)
 
 
-def _bypass(node: gs.Node, source: gs.Tensor) -> None:
-    out = node.outputs[0]
-    for consumer in list(out.outputs):
-        for i, tensor in enumerate(consumer.inputs):
-            if tensor is out:
-                consumer.inputs[i] = source
-    node.outputs.clear()
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of `old` (and graph outputs) at `new`."""
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    for i, t in enumerate(graph.outputs):
+        if t is old:
+            graph.outputs[i] = new
 
 
 def toposorted(model: onnx.ModelProto) -> onnx.ModelProto:

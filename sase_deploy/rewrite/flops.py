@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from sase_deploy.rewrite.graph_utils import infer_shapes
+from sase_deploy.graph_io import infer_shapes
 
 _ZERO = frozenset(
     {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",

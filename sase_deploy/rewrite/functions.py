@@ -14,8 +14,9 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from sase_deploy.graph_io import opset_version
 from sase_deploy.rewrite.gate_analysis import analyse_gate, classify_kind
-from sase_deploy.rewrite.graph_utils import import_graph, opset_version
+from sase_deploy.rewrite.graph_utils import import_graph
 
 DOMAIN = "sase_deploy"
 FUNCTION_NAMES = {

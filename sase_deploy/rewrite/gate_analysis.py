@@ -24,9 +24,6 @@ from sase_deploy.rewrite.gate_ops import (
     is_feature_map,
     vector_channels,
 )
-from sase_deploy.rewrite.gate_ops import (
-    reduce_axes as reduce_axes,  # re-exported: rules.sase reads it from here
-)
 from sase_deploy.rewrite.gate_walk import GateWalker, Source
 from sase_deploy.rewrite.graph_utils import const_value, producer, shape_of
 

@@ -15,12 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-# Re-exported for the rules: the one implementation lives in graph_io.
-from sase_deploy.graph_io import infer_shapes as infer_shapes
-from sase_deploy.graph_io import model_from_graph, unique_node_names
-from sase_deploy.graph_io import opset_version as opset_version
-
-export_model = model_from_graph  # the name the rules and the pass driver use
+from sase_deploy.graph_io import infer_shapes, replace_uses, unique_node_names
 
 Dim = int | None  # None: unknown or symbolic (e.g. a dynamic batch)
 
@@ -54,10 +49,7 @@ def fold_constant_identities(graph: gs.Graph) -> int:
         source, out = node.inputs[0], node.outputs[0]
         if not isinstance(source, gs.Constant) or id(out) in graph_outputs:
             continue
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = source
+        replace_uses(graph, out, source)
         node.outputs.clear()
         count += 1
     if count:
@@ -247,17 +239,6 @@ def make_conv(
     if bias is not None:
         inputs.append(make_constant(graph, f"{name}_B", bias.astype(np.float32)))
     return make_node(graph, "Conv", name, inputs, attrs=attrs, output=output)
-
-
-def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
-    """Point every consumer of `old` (and graph outputs) at `new`."""
-    for node in list(old.outputs):
-        for i, t in enumerate(node.inputs):
-            if t is old:
-                node.inputs[i] = new
-    for i, t in enumerate(graph.outputs):
-        if t is old:
-            graph.outputs[i] = new
 
 
 def detach(nodes: Sequence[gs.Node]) -> None:

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 
 from sase_deploy.errors import UserError
-from sase_deploy.graph_io import canonicalise
-from sase_deploy.rewrite.graph_utils import export_model, import_graph
+from sase_deploy.graph_io import canonicalise, model_from_graph
+from sase_deploy.rewrite.graph_utils import import_graph
 from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
 from sase_deploy.rewrite.rules import DEFAULT_RULES
 from sase_deploy.rewrite.self_check import NOISE_FLOOR_FACTOR, CheckResult, SelfChecker
@@ -78,7 +78,7 @@ def _apply(
         except Exception as exc:  # a rule bug must not kill the export: revert and report it
             errors[match.anchor] = f"rewrite raised {type(exc).__name__}: {exc}"
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return export_model(graph, model), matches, declines, errors
+    return model_from_graph(graph, model), matches, declines, errors
 
 
 def _verdict(
@@ -210,7 +210,7 @@ def fuse_model(
         raise UserError("the model has no graph nodes; pass an ONNX model exported by sase-deploy")
     original = copy.deepcopy(model) if canonical else canonicalise(model)
     check = SelfChecker(original, self_check, tolerance, seed, dict(feed or {}))
-    current = export_model(import_graph(original), original)
+    current = model_from_graph(import_graph(original), original)
     current, rule_entries, blocks, prefixes = _run_rules(current, rules, check, on_rule)
     functions_report: dict[str, Any] | None = None
     if as_functions:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from sase_deploy.rewrite.graph_utils import is_graph_output, replace_uses
+from sase_deploy.graph_io import replace_uses
+from sase_deploy.rewrite.graph_utils import is_graph_output
 from sase_deploy.rewrite.rule import Captures, Match, ReportValue, RewriteRule
 
 _LARGE = 1 << 16  # constants above this many bytes are compared by hash first

@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from sase_deploy.rewrite.gate_analysis import reduce_axes
+from sase_deploy.rewrite.gate_ops import reduce_axes
 from sase_deploy.rewrite.graph_utils import const_value, producer, shape_of
 from sase_deploy.rewrite.rules.sase.read import (
     Chunk,

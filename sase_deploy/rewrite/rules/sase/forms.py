@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from sase_deploy.rewrite.gate_analysis import reduce_axes
+from sase_deploy.rewrite.gate_ops import reduce_axes
 from sase_deploy.rewrite.graph_utils import producer, scalar_value, shape_of
 from sase_deploy.rewrite.rules.sase.branches import (
     Mask,
