@@ -684,6 +684,58 @@ CASES = [
 ]
 
 
+# ---- candidates whose I/O differs from the reference's (issue 16): exit 2, not a traceback
+
+
+def _io_variant(c: Ctx, what: str) -> str:
+    """The good model with its input renamed, float64 or 16x16 (it pools globally: ORT loads
+    it, the feed check stops it; "inconsistent": ORT refuses to load it), another input added,
+    or its output renamed."""
+
+    def edit(model: onnx.ModelProto) -> None:
+        graph = model.graph
+        inp, out = graph.input[0], graph.output[0]
+        if what in ("name", "dtype"):
+            new = "pixels" if what == "name" else "x32"
+            for node in graph.node:
+                node.input[:] = [new if i == inp.name else i for i in node.input]
+        if what == "name":
+            inp.name = "pixels"
+        elif what == "dtype":
+            graph.node.insert(0, helper.make_node("Cast", [inp.name], ["x32"], to=1))
+            inp.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+        elif what in ("shape", "inconsistent"):
+            for dim in inp.type.tensor_type.shape.dim[2:]:
+                dim.dim_value = 16
+            if what == "shape":  # else the 8x8 shapes recorded inside contradict it
+                del graph.value_info[:]
+        elif what == "count":
+            graph.input.append(helper.make_tensor_value_info("mask", 1, ["batch", 3]))
+        elif what == "output":
+            for node in graph.node:
+                node.output[:] = ["scores" if o == out.name else o for o in node.output]
+            out.name = "scores"
+
+    return c.onnx_variant(f"{what}.onnx", edit)
+
+
+def _t4_fp32(c: Ctx) -> list[str]:
+    if c.a.engine is None:
+        pytest.skip("TensorRT-RTX is not installed: nothing builds for t4 here")
+    return ["build", str(c.a.dyn), "--target", "t4", "-o", c.out("")]
+
+
+CASES += [
+    P(lambda c: _compare(c, _io_variant(c, "name")), id="compare-candidate-input-renamed"),
+    P(lambda c: _compare(c, _io_variant(c, "dtype")), id="compare-candidate-input-float64"),
+    P(lambda c: _compare(c, _io_variant(c, "count")), id="compare-candidate-extra-input"),
+    P(lambda c: _compare(c, _io_variant(c, "output")), id="compare-candidate-output-renamed"),
+    P(lambda c: _compare(c, _io_variant(c, "shape")), id="compare-candidate-input-16x16"),
+    P(lambda c: _compare(c, _io_variant(c, "inconsistent")), id="compare-candidate-ort-refuses"),
+    P(_t4_fp32, id="build-t4-fp32-gemm-with-tensorrt-rtx"),
+]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # running a case
 

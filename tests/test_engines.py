@@ -216,12 +216,87 @@ def test_ort_cuda_runner_uses_the_gpu(digits: dict[str, Path]) -> None:
 
 @needs_rtx
 def test_builder_rejection_says_why(digits: dict[str, Path], tmp_path: Path) -> None:
-    """TensorRT-RTX cannot compile FP32 GEMM for Turing: exit 2 with the builder's reason."""
-    done = _cli("build", str(digits["se_resnet_digits"]), "--target", "t4", "-o", str(tmp_path))
+    """TensorRT-RTX cannot compile FP32 GEMM for Turing: exit 2 with the builder's reason and
+    what to build instead; nothing is left in the output folder (no folder, no lock file)."""
+    out = tmp_path / "out"
+    done = _cli("build", str(digits["se_resnet_digits"]), "--target", "t4", "-o", str(out))
     assert done.returncode == 2
-    assert "FP32 GEMM is not supported" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.rglob("*.engine"))
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "FP32 GEMM is not supported" in lines[0] and "Turing (SM75)" in lines[0]
+    assert "use --precision fp16 or a TensorRT build" in lines[0]
+    assert not out.exists()
+    fp16 = build(BuildRequest(digits["se_resnet_digits"], "t4", out, "fp16"))  # the way out
+    assert fp16.backend == "tensorrt-rtx" and fp16.artifact.is_file()
+
+
+@needs_rtx
+def test_builds_leave_no_lock_files(digits: dict[str, Path], tmp_path: Path) -> None:
+    request = BuildRequest(digits["se_resnet_digits"], "l4", tmp_path, "fp16")
+    assert not build(request).cached and build(request).cached
+    assert [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")] == []
+
+
+def test_lock_is_exclusive_and_removed(tmp_path: Path) -> None:
+    """Builders that find the lock file unlinked by the holder they waited for start over on a
+    new one: never two inside at once, and no lock file left (also not a stale one)."""
+    import threading
+
+    from sase_deploy.engines.cache import locked
+
+    lock = tmp_path / "out" / ".m.fp16.lock"
+    lock.parent.mkdir()
+    lock.touch()  # left by a builder killed with SIGKILL
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def builder() -> None:
+        for _ in range(50):
+            with locked(lock):
+                inside.append(1)
+                overlaps.append(len(inside))
+                assert lock.exists()
+                inside.pop()
+
+    threads = [threading.Thread(target=builder) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 200 and set(overlaps) == {1}
+    assert not lock.exists()
+
+
+@needs_rtx
+def test_fp16_graph_is_shared_not_copied(digits: dict[str, Path], tmp_path: Path) -> None:
+    """The FP16 graph `convert` wrote beside the source, and the one built for another target,
+    are hard-linked into the engine folder and the bundle, not copied; the manifest records
+    the path and sha256, and a later change to the shared file is noticed."""
+    import shutil
+
+    from sase_deploy._io import sha256_model
+    from sase_deploy.calibration import convert_onnx
+
+    source = tmp_path / "src" / "m.onnx"
+    source.parent.mkdir()
+    shutil.copyfile(digits["se_resnet_digits"], source)
+    beside = convert_onnx(source, precision="fp16").output
+    assert beside == tmp_path / "src" / "m.fp16.onnx"
+    out = tmp_path / "engines"
+    l4, a100, h100 = (build(BuildRequest(source, t, out, "fp16")) for t in ("l4", "a100", "h100"))
+    shipped = h100.artifact / "m.fp16.onnx"
+    graphs = [Path(r.manifest["built_onnx"]["path"]) for r in (l4, a100, h100)]
+    assert graphs == [out / t / "m.fp16.onnx" for t in ("l4", "a100", "h100")]
+    assert all(g.samefile(beside) for g in [*graphs, shipped]) and beside.stat().st_nlink == 5
+    assert l4.manifest["built_onnx"]["shared_with"] == str(beside)
+    assert l4.manifest["built_onnx"]["sha256"] == sha256_model(graphs[0])
+    beside.unlink()  # the engine folder keeps its name for the graph
+    assert sha256_model(graphs[0]) == l4.manifest["built_onnx"]["sha256"]
+    assert build(BuildRequest(source, "l4", out, "fp16")).cached
+    source.write_bytes(digits["sase_resnet_digits"].read_bytes())  # another network: rebuilt
+    again = build(BuildRequest(source, "l4", out, "fp16"))
+    assert not again.cached and not graphs[0].samefile(graphs[1])
+    assert again.manifest["built_onnx"]["sha256"] == sha256_model(graphs[0])
 
 
 @needs_rtx

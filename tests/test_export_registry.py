@@ -66,7 +66,12 @@ def test_registered_model_exports_with_parity(name: str, exported, out_dir: Path
     spec = get_model_spec(name)
     assert manifest["status"] == "ok"
     parity = manifest["parity"]
-    assert parity["passed"] and parity["worst_rel_max_abs"] <= TOLERANCE
+    # within 1e-4 of the output scale, or of PyTorch's own float32 noise floor (x 2) where that
+    # is larger: fastgan_slim_1024 on an AVX2 CPU (float32 vs float64 3e-4, ORT vs torch 1.1e-4)
+    assert parity["passed"] and parity["worst_rel_max_abs"] <= parity["effective_tolerance"]
+    assert parity["tolerance"] == TOLERANCE
+    if parity["worst_rel_max_abs"] > TOLERANCE:
+        assert parity["noise_floor"] is not None and parity["noise_floor"] > TOLERANCE / 2
     assert all(d["finite"] for run in parity["runs"] for d in run["outputs"])
     assert [run["batch"] for run in parity["runs"]] == ([1, 4] if entry["dynamic"] else [1])
     assert [i.name for i in model.graph.input] == [i.name for i in spec.input_specs()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import onnx
@@ -210,3 +211,32 @@ def test_name_nodes_numbers_in_graph_order_and_drops_doc_strings():
     neg = helper.make_node("Neg", ["a"], ["y"], name="whatever")
     model = name_nodes(_graph_with([relu, neg]))
     assert [(n.name, n.doc_string) for n in model.graph.node] == [("Relu_0", ""), ("Neg_1", "")]
+
+
+def test_parity_falls_back_to_the_float64_noise_floor_and_still_catches_a_wrong_model(
+    tmp_path: Path,
+) -> None:
+    """With a tolerance no float32 backend can meet (0), the bound becomes PyTorch's own float32
+    error against float64 (x 2): the faithful export passes on it, a perturbed one does not."""
+    from sase_deploy.export.parity import NOISE_FLOOR_FACTOR, check_parity
+    from sase_deploy.models.spec import InputSpec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    inputs = (InputSpec("x", (1, 3, 12, 12)),)
+    faithful = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 12, 12),), str(faithful), dynamo=False,
+                      input_names=["x"], output_names=["y"])  # fmt: skip
+    report = check_parity(model, faithful, inputs, ["y"], batches=[1], tolerance=0.0)
+    assert report.noise_floor is not None and report.noise_floor > 0
+    assert report.effective_tolerance == NOISE_FLOOR_FACTOR * report.noise_floor
+    assert report.passed, report.to_dict()
+
+    wrong = tmp_path / "wrong.onnx"
+    perturbed = copy.deepcopy(model)
+    with torch.no_grad():
+        perturbed[0].weight[0, 0, 0, 0] += 1e-3
+    torch.onnx.export(perturbed, (torch.zeros(1, 3, 12, 12),), str(wrong), dynamo=False,
+                      input_names=["x"], output_names=["y"])  # fmt: skip
+    report = check_parity(model, wrong, inputs, ["y"], batches=[1], tolerance=0.0)
+    assert not report.passed and report.worst_rel_max_abs > report.effective_tolerance

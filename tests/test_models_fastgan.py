@@ -160,7 +160,10 @@ def test_settled_1024_is_well_conditioned_in_float32() -> None:
     assert all(0.1 < value < 4 for value in rms.values()), rms  # with batch-1 BN: up to 27
     img64, _ = _run(model.double(), z.double())
     rel = float((img32.double() - img64).abs().max() / img64.abs().max())
-    assert rel < 1e-4, rel  # measured 3.0e-5: float32 backends can meet export's 1e-4
+    # measured 3.0e-5 on an AVX-512 Xeon and 3.2e-4 on an AVX2 EPYC (float32 conv kernels
+    # differ by CPU); the batch-1 BN calibration gave 2e-2. Export judges ORT against this
+    # model's own float64 noise floor when it exceeds 1e-4 (export/parity.py).
+    assert rel < 2e-3, rel
 
 
 def test_with_tanh_option_applies_tanh_to_both_outputs() -> None:

@@ -24,7 +24,7 @@ import pytest
 from sase_deploy.errors import UserError
 from sase_deploy.report import _format as fmt
 from sase_deploy.report.render import render_html, render_markdown
-from sase_deploy.report.schema import SCHEMA_VERSION, load_schema, validate_report
+from sase_deploy.report.schema import SCHEMA_MINOR, SCHEMA_VERSION, load_schema, validate_report
 
 EXAMPLE = Path(__file__).parent / "data" / "report_example.json"
 NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
@@ -104,6 +104,20 @@ def test_schema_is_draft_2020_12_and_versioned() -> None:
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["schema_version"] == {"const": SCHEMA_VERSION}
+    assert SCHEMA_MINOR >= 1 and "schema_minor" in schema["properties"]
+
+
+def test_documents_from_before_the_minor_bump_still_validate(example: dict[str, Any]) -> None:
+    # schema_minor, warnings, model.weights and the latency trust fields are all optional.
+    assert "schema_minor" not in example and "warnings" not in example
+    assert "noisy" not in example["reference"]["latency"][0]
+    validate_report(example)
+    example["schema_minor"] = SCHEMA_MINOR
+    example["warnings"] = ["random init: agreement numbers say nothing about accuracy"]
+    example["reference"]["latency"][0].update(
+        threads=2, p99_over_p50=1.6, spread=0.04, other_cpus=0.0, noisy=False
+    )
+    validate_report(example)
 
 
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -196,7 +210,8 @@ def test_markdown(example: dict[str, Any]) -> None:
     for cand in example["candidates"]:
         assert len([ln for ln in text.splitlines() if ln.startswith(f"| `{cand['name']}`")]) == 1
     assert "built, not run: no GPU — engine 793 KiB, 41 layers" in text
-    assert "| sase_resnet_digits.onnx | wall | 0.12 / 0.15 / 0.2 | 7,700 |" in text
+    # An older document's rows carry no threads or spread: dashes, not invented numbers.
+    assert "| sase_resnet_digits.onnx | wall | — | 0.12 / 0.15 / 0.2 | — | 7,700 |" in text
     assert "None" not in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
 
 

@@ -72,3 +72,22 @@ def test_bad_output_suffix(run_cli, tmp_path: Path) -> None:  # type: ignore[no-
 def test_help(run_cli) -> None:  # type: ignore[no-untyped-def]
     result = run_cli("fuse", "--help")
     assert result.code == 0 and "--as-functions" in result.stdout
+
+
+def test_expected_declines_are_marked(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The SE-gate rule looking at the Mul that applies a SASE block fused just before is an
+    expected decline, marked as such in the text and the JSON; the look-alike test in
+    test_fuse_exporters shows an unexpected one stays unmarked."""
+    src = tmp_path / "digits.onnx"
+    result = run_cli("export", "sase_resnet_digits", "--no-fuse", "-o", str(src))
+    assert result.code == 0, result.stderr
+    text = run_cli("fuse", str(src), "-o", str(tmp_path / "f.onnx"))
+    assert "se_gate: 0 applied, 0 already canonical, 0 reverted, 1 declined (1 expected)" in (
+        text.stdout
+    )
+    assert "(expected: it looks at a sase_group block fused earlier): " in text.stdout
+    summary = run_cli("fuse", str(src), "-o", str(tmp_path / "f.onnx"), "--json").json()
+    (se_gate,) = [r for r in summary["rules"] if r["rule"] == "se_gate"]
+    assert [d["expected"] for d in se_gate["declines"]] == [
+        "it looks at a sase_group block fused earlier"
+    ]

@@ -408,3 +408,28 @@ def test_build_script_without_trtexec(model: Path, tmp_path: Path) -> None:
     write_bundle(out, get_target("orin-nano"), model, "fp16", shapes=SHAPES)
     done = subprocess.run([str(out / "build.sh")], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "no trtexec on PATH" in done.stderr
+
+
+def test_targets_lists_the_precisions_build_makes() -> None:
+    """`targets` shows what `build --precision` accepts; what the hardware also runs (BF16,
+    FP8, FP4) is marked as not built by sase-deploy yet, in --json and in the text."""
+    from click.testing import CliRunner
+
+    from sase_deploy.cli import cli
+    from sase_deploy.engines.plan import PRECISIONS as BUILT
+
+    done = CliRunner().invoke(cli, ["targets", "--json"])
+    assert done.exit_code == 0, done.output
+    rows = {row["name"]: row for row in json.loads(done.stdout)["targets"]}
+    assert set(rows) == NAMES
+    for name, row in rows.items():
+        hardware = load_targets()[name].precisions
+        assert row["precisions"] == [p for p in BUILT if p in hardware]
+        assert row["not_built_yet"] == [p for p in hardware if p not in BUILT]
+        assert row["hardware_precisions"] == list(hardware)
+    assert rows["rtx5090"]["not_built_yet"] == ["bf16", "fp8", "fp4"]
+    assert rows["t4"]["not_built_yet"] == []
+    text = CliRunner().invoke(cli, ["targets"], terminal_width=200).stdout
+    assert "not built by sase-deploy yet" in text and "fp4 (rtx5090)" in text
+    h100 = next(line for line in text.splitlines() if "│ h100" in line)
+    assert "fp32,fp16,int8" in h100 and "bf16" not in h100 and "fp8" not in h100

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import onnx
 
 from sase_deploy._io import check_writable, sha256_file
-from sase_deploy._timing import StageTimer, rounded
+from sase_deploy._timing import QUIET, StageProgress, StageTimer, rounded
 from sase_deploy.calibration import graph, trt_cache
 from sase_deploy.calibration.fp16 import convert_fp16, fp16_keep_list
 from sase_deploy.calibration.options import CalibrateOptions, ConvertOptions, PrecisionOptions
@@ -167,6 +167,8 @@ def calibrate_onnx(
     data: str,
     output_dir: str | Path,
     options: CalibrateOptions | None = None,
+    *,
+    progress: StageProgress = QUIET,
     **overrides: Any,
 ) -> CalibrationResult:
     """Calibrate MODEL on DATA and write NAME.int8.onnx, NAME.calib.cache, NAME.calib.json.
@@ -179,7 +181,8 @@ def calibrate_onnx(
     `auto_keep_tolerance`, SE gate paths become candidates too and the fewest nodes needed to
     meet the tolerance stay float (see `sensitivity`). `batch` (default 16) is how many samples
     ORT runs at once; a model exported with a fixed batch always runs at its own (`notes` says so
-    when that differs from an explicit `batch`).
+    when that differs from an explicit `batch`). `progress` counts the calibration samples
+    (`ranges.collect_ranges`).
     """
     opts = dataclasses.replace(options or CalibrateOptions(), **overrides)
     timer = StageTimer(suffix="_s")
@@ -193,7 +196,9 @@ def calibrate_onnx(
         source = _open(named, data, opts)
         run_batch, notes = _batch_plan(source, opts.batch, data)
 
-    ranges: TensorRanges = collect_ranges(named, source, opts.method, run_batch, opts.percentile)
+    ranges: TensorRanges = collect_ranges(
+        named, source, opts.method, run_batch, opts.percentile, progress=progress
+    )
     timer.timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
     candidates, kept, auto = _int8_nodes(named, source, ranges, opts, timer)
     with timer.stage("quantize"):
@@ -323,6 +328,8 @@ def convert_onnx(
     model_path: str | Path,
     output: str | Path | None = None,
     options: ConvertOptions | None = None,
+    *,
+    progress: StageProgress = QUIET,
     **overrides: Any,
 ) -> ConvertResult:
     """Write MODEL as FP16 with casts in the graph, float32 IO and an FP32 keep-list.
@@ -330,7 +337,7 @@ def convert_onnx(
     `output` defaults to NAME.fp16.onnx beside MODEL. `options` (default `ConvertOptions()`)
     says how; `overrides` are `ConvertOptions` fields set on top
     (`convert_onnx(m, out, calib_json="m.calib.json")`). Ranges for the overflow rule come from
-    `calib_json` or, with `data`, a min/max pass.
+    `calib_json` or, with `data`, a min/max pass (counted in `progress`).
     """
     opts = dataclasses.replace(options or ConvertOptions(), **overrides)
     opts.validate()
@@ -341,7 +348,7 @@ def convert_onnx(
         named = _load(path)
         check_writable(out)
         opts = _with_model_name(opts, path)
-        source, notes, amax = _fp16_ranges(named, opts)
+        source, notes, amax = _fp16_ranges(named, opts, progress)
     keep = fp16_keep_list(named, opts.reduce_limit, amax)
     auto: AutoKeepResult | None = None
     if opts.auto_keep_tolerance is not None and source is not None:
@@ -356,7 +363,7 @@ def convert_onnx(
 
 
 def _fp16_ranges(
-    named: onnx.ModelProto, options: ConvertOptions
+    named: onnx.ModelProto, options: ConvertOptions, progress: StageProgress = QUIET
 ) -> tuple[CalibrationSource | None, list[str], dict[str, float] | None]:
     """The data source (with notes on it) if `options.data`, and tensor ranges from the
     calibration json, else from a min/max pass over the data, else None."""
@@ -368,7 +375,7 @@ def _fp16_ranges(
         raise UserError("--auto-keep measures accuracy on data: pass --data too")
     amax = read_calib_json(options.calib_json) if options.calib_json is not None else None
     if amax is None and source is not None:
-        amax = collect_ranges(named, source, "minmax", DEFAULT_BATCH).amax
+        amax = collect_ranges(named, source, "minmax", DEFAULT_BATCH, progress=progress).amax
     return source, notes, amax
 
 

@@ -70,10 +70,6 @@ class GraphIndex:
     def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
         return [i for i in node.input if i and i not in self.constants]
 
-    def producer_op(self, tensor: str) -> str | None:
-        node = self.producer.get(tensor)
-        return node.op_type if node is not None else None
-
 
 def _reduce_axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
     attribute = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)

@@ -14,7 +14,6 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sase_deploy._io import write_text_atomic
 from sase_deploy.errors import UserError
 
 # TensorRT has no percentile calibrator; percentile ranges are shipped under the entropy header,
@@ -61,15 +60,6 @@ def format_cache(
     for name, value in amax.items():
         lines.append(f"{name}: {scale_to_hex(max(value / 127.0, MIN_SCALE))}")
     return "\n".join(lines) + "\n"
-
-
-def write_cache(
-    path: str | os.PathLike[str],
-    amax: Mapping[str, float],
-    method: str,
-    trt_version: str = DEFAULT_TRT_VERSION,
-) -> None:
-    write_text_atomic(path, format_cache(amax, method, trt_version))
 
 
 def parse_cache(text: str) -> CalibrationCache:

@@ -40,11 +40,27 @@ def eval_samples_option(help_text: str | None = None) -> Callable[[_Command], _C
 
 
 def preprocess_options(func: _Command) -> _Command:
-    """Image-folder preprocessing options; explicit values override the registry defaults.
+    """Image-folder preprocessing options, plus --model (registry defaults) and --seed.
 
-    The command receives `model_name` (--model), `seed` and, parsed from --size, --resize,
-    --mean, --std, --channel-order and --scale, one `preprocess` dict (the API's
-    `PrecisionOptions.preprocess`, None for each option not given).
+    The command receives `model_name` (--model), `seed` and one `preprocess` dict (see
+    `image_options`).
+    """
+    options = [
+        click.option("--model", "model_name", help="Registry model for defaults (else manifest)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for latents."),
+    ]
+    decorated: Callable[..., Any] = image_options(func)
+    for option in reversed(options):
+        decorated = option(decorated)
+    return cast(_Command, decorated)
+
+
+def image_options(func: _Command) -> _Command:
+    """Image-folder preprocessing; explicit values override the registry defaults.
+
+    The command receives, parsed from --size, --resize, --mean, --std, --channel-order and
+    --scale, one `preprocess` dict (the API's `PrecisionOptions.preprocess`, None for each
+    option not given).
     """
 
     # Wrapped rather than parsed by click callbacks: a bad value is then reported when the
@@ -61,24 +77,22 @@ def preprocess_options(func: _Command) -> _Command:
         **kwargs: Any,
     ) -> Any:
         preprocess = {
-            "size": _size(size),
+            "size": parse_size(size),
             "resize": resize,
-            "mean": _floats(mean, "--mean"),
-            "std": _floats(std, "--std"),
+            "mean": parse_floats(mean, "--mean"),
+            "std": parse_floats(std, "--std"),
             "channel_order": channel_order,
             "scale": scale,
         }
         return func(preprocess=preprocess, **kwargs)
 
     options = [
-        click.option("--model", "model_name", help="Registry model for defaults (else manifest)."),
         click.option("--size", help="Model input HxW for images (e.g. 224x224)."),
         click.option("--resize", type=int, help="Shorter side before the centre crop."),
         click.option("--mean", help="Per-channel mean, comma-separated (after --scale)."),
         click.option("--std", help="Per-channel std, comma-separated."),
         click.option("--channel-order", type=click.Choice(["RGB", "BGR", "L"])),
         click.option("--scale", type=float, help="Pixel scale before mean/std (default 1/255)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for latents."),
     ]
     decorated: Callable[..., Any] = command
     for option in reversed(options):
@@ -86,7 +100,7 @@ def preprocess_options(func: _Command) -> _Command:
     return cast(_Command, decorated)
 
 
-def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
@@ -95,7 +109,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
         raise UserError(f"{option} {text!r}: expected comma-separated numbers") from exc
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
+def parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     parts = text.lower().split("x")

@@ -16,6 +16,7 @@ from sase_deploy.commands._precision_options import (
     report_result,
     samples_option,
 )
+from sase_deploy.console import stage_progress
 
 
 @click.command("calibrate")
@@ -102,7 +103,8 @@ def calibrate_command(
         quantize_gates=quantize_gates,
         trt_version=trt_version,
     )
-    result = calibrate_onnx(model_path, data, output_dir, options)
+    with stage_progress() as progress:
+        result = calibrate_onnx(model_path, data, output_dir, options, progress=progress)
     lines = [
         f"wrote {result.int8_onnx}, {result.cache} and {result.json}",
         f"{result.method} over {result.samples} samples: {len(result.quantized_nodes)} nodes "

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from sase_deploy.console import emit_json, progress, stdout
+from sase_deploy.commands._model_options import model_options
+from sase_deploy.commands._precision_options import image_options
+from sase_deploy.console import emit_json, stage_progress, stdout
 from sase_deploy.errors import ParityError, UserError
-from sase_deploy.report.latency import DEFAULT_RUNS, DEFAULT_WARMUP
+from sase_deploy.report.latency import DEFAULT_RUNS, DEFAULT_WARMUP, NOISY_NOTE
+
+if TYPE_CHECKING:  # the export package imports torch: only when a command runs
+    from rich.console import Console
+    from rich.table import Table
+
+    from sase_deploy.models.spec import ModelOptions
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -71,14 +81,17 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def print_table(doc: dict[str, Any]) -> None:
-    """The candidates as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
+_COLUMNS = ("candidate", "precision", "backend", "status", "rel err", "task", "p50 ms")
+_DROP_WHEN_NARROW = ("backend", "precision")  # the name usually says both (x.fp16.onnx)
+_PIPE_WIDTH = 120  # stdout not a terminal and no $COLUMNS: CI logs, files
 
-    table = Table(title=f"{doc['model']['name']} vs {doc['reference']['backend']}")
-    for column in ("candidate", "precision", "backend", "status", "rel err", "task", "p50 ms"):
-        table.add_column(column)
+
+def _table_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row of `_COLUMNS` cells (rich markup) per candidate."""
+    from rich.markup import escape
+
+    rows = []
+    status = {"pass": "[green]pass", "fail": "[red]FAIL", "not_run": "[yellow]not run"}
     for c in doc["candidates"]:
         errors = [o["rel_max_abs"] for o in c["outputs"]]  # None: not finite
         rel = max((float("inf") if e is None else e for e in errors), default=None)
@@ -90,21 +103,117 @@ def print_table(doc: dict[str, Any]) -> None:
                 task += f", acc {met['accuracy']:.3f}"
         elif "psnr_db" in met:
             task = f"PSNR {_fmt(met['psnr_db'], '.1f')} dB, SSIM {_fmt(met.get('ssim'), '.4f')}"
-        p50 = ", ".join(f"{r['p50_ms']:.3g}@{r['batch']}" for r in c["latency"])
-        status = {"pass": "[green]pass", "fail": "[red]FAIL", "not_run": "[yellow]not run"}
-        table.add_row(
-            c["name"], c["precision"], c["backend"], status[c["status"]],
-            _fmt(rel, ".2e"), task or (c["reason"] or ""), p50,
-        )  # fmt: skip
-    # Not a terminal (CI logs, pipes): rich would squeeze the table into 80 columns.
-    console = stdout if stdout.is_terminal else Console(width=160)
-    console.print(table)
+        rows.append([
+            escape(c["name"]), c["precision"], c["backend"], status[c["status"]],
+            _fmt(rel, ".2e"), escape(task or (c["reason"] or "")), _p50(c["latency"]),
+        ])  # fmt: skip
+    return rows
+
+
+def _p50(latency: list[dict[str, Any]]) -> str:
+    """'1.4@1, 5.2@8' (p50 ms at each batch), a noisy row flagged in yellow."""
+    from sase_deploy.report._format import num
+
+    return ", ".join(
+        f"{num(r['p50_ms'])}@{r['batch']}" + (" [yellow](noisy)[/]" if r.get("noisy") else "")
+        for r in latency
+    )
+
+
+def _console() -> Console:
+    """stdout's console at its real width: the terminal's, else $COLUMNS, else `_PIPE_WIDTH`."""
+    from rich.console import Console
+
+    if stdout.is_terminal:
+        return stdout
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) > 0 else _PIPE_WIDTH)
+
+
+def _frame(doc: dict[str, Any], compact: bool) -> Table:
+    """An empty table with the title (reference p50) and the warnings as its caption."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    ref = doc["reference"]
+    title = f"{doc['model']['name']} vs {ref['backend']}"
+    if ref.get("latency"):
+        title += f" (p50 ms {_p50(ref['latency'])})"
+    caption = "\n".join(f"warning: {escape(w)}" for w in doc.get("warnings") or [])
+    return Table(
+        title=title,
+        caption=caption or None,
+        caption_style="bold yellow",
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        show_edge=not compact,
+    )
+
+
+def _table(doc: dict[str, Any], columns: list[str], compact: bool) -> Table:
+    """The table of `columns`; `compact`: no outer border, no rules between columns."""
+    table = _frame(doc, compact)
+    for name in columns:
+        # A name is kept on one line (never cut to 'sase_res…'), as is a number; other cells
+        # wrap, and a word longer than its column folds rather than being cut.
+        table.add_column(name, no_wrap=name in ("candidate", "rel err"), overflow="fold")
+    keep = [_COLUMNS.index(name) for name in columns]
+    for row in _table_rows(doc):
+        table.add_row(*[row[i] for i in keep])
+    return table
+
+
+def _stacked(doc: dict[str, Any]) -> Table:
+    """One cell per candidate, its name on a line of its own: for names too long to sit beside
+    the other columns. A name wider than the console folds over lines (never cut)."""
+    table = _frame(doc, compact=True)
+    table.expand = True  # the caption's warnings get the whole width
+    table.add_column("candidate: precision · status · rel err · task · p50 ms", overflow="fold")
+    for name, precision, _backend, *rest in _table_rows(doc):
+        cells = [precision, *rest]
+        table.add_row(f"[bold]{name}[/]\n  " + " · ".join(cell for cell in cells if cell))
+    return table
+
+
+def print_table(doc: dict[str, Any], console: Console | None = None) -> None:
+    """The candidates as a rich table on stdout, within the console's width.
+
+    While the table would not fit, the columns a name implies (backend, precision) go, then the
+    borders, then other cells wrap; when a name still cannot sit beside the other columns, each
+    candidate gets its name on a line of its own. Names are never shortened (one wider than the
+    console folds over lines). The document's warnings are the caption.
+
+    Args:
+        doc: the report document.
+        console: where to print (None: stdout, see `_console`).
+    """
+    from rich.measure import Measurement
+
+    console = console or _console()
+    unbounded = console.options.update_width(10_000)  # the widths the table would like
+    narrower = [list(_COLUMNS)]
+    for drop in _DROP_WHEN_NARROW:
+        narrower.append([c for c in narrower[-1] if c != drop])
+    layouts = [(columns, False) for columns in narrower] + [(narrower[-1], True)]
+    tables = [_table(doc, columns, compact) for columns, compact in layouts]
+    sizes = [Measurement.get(console, unbounded, t) for t in tables]
+    fits = [t for t, m in zip(tables, sizes, strict=True) if m.maximum <= console.width]
+    # Then the narrowest layouts with their other cells wrapped, then a name per line.
+    fits += [t for t, m in zip(tables[2:], sizes[2:], strict=True) if m.minimum <= console.width]
+    console.print(fits[0] if fits else _stacked(doc))
 
 
 def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str) -> None:
-    """Print the result (table or one JSON object), then exit 1 through ParityError on failure."""
+    """Print the result (table or one JSON object) and each warning on stderr, then exit 1
+    through ParityError on failure."""
     from sase_deploy.report.output import summary
 
+    for warning in doc.get("warnings") or []:
+        # What changes the meaning of the verdict goes to stderr, one unwrapped line each; a
+        # noisy latency row does not (no verdict reads latency), so the table and the reports
+        # flag it and a failing run's stderr stays the one line scripts read.
+        if not warning.startswith(NOISY_NOTE):
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         emit_json({"command": command, "reports": [str(p) for p in reports], **summary(doc)})
     else:
@@ -122,9 +231,9 @@ def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str
     "candidates", metavar="CANDIDATE...", nargs=-1, required=True,
     type=click.Path(path_type=Path),
 )  # fmt: skip
-@click.option("-c", "--checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--unsafe-load", is_flag=True, help="Allow pickled checkpoints (runs their code).")
+@model_options
 @click.option("--data", help="Inputs: image folder, .npy/.npz (labels 'y'), latent[:SEED].")
+@image_options
 @report_options
 @click.option(
     "--report", "reports", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -134,9 +243,9 @@ def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str
 def compare_command(
     reference: str,
     candidates: tuple[Path, ...],
-    checkpoint: Path | None,
-    unsafe_load: bool,
+    model_options: ModelOptions,
     data: str | None,
+    preprocess: dict[str, Any],
     samples: int | None,
     batches: str | None,
     runs: int | None,
@@ -148,18 +257,25 @@ def compare_command(
     """Compare ONNX models and engines with a reference (a model or an ONNX file): accuracy per
     output, top-k/accuracy or PSNR/SSIM, latency per batch, and a verdict per precision
     (exit 1 naming the output when one fails). Engines that cannot run here are listed as built,
-    not run."""
+    not run.
+
+    A model the registry does not describe (package.module:factory, TorchScript) takes its
+    input shapes from --input-shape, else from the first ONNX candidate."""
     from sase_deploy.report.api import compare
     from sase_deploy.report.candidates import resolve_candidates
     from sase_deploy.report.output import check_report_paths, write_reports
     from sase_deploy.report.reference import load_reference
 
-    opts = compare_options(data, samples, batches, runs, warmup, tolerances)
+    opts = replace(
+        compare_options(data, samples, batches, runs, warmup, tolerances), preprocess=preprocess
+    )
     check_report_paths(reports)
     found = resolve_candidates(candidates)
-    with progress() as bar:
-        task = bar.add_task("load reference", total=None)
-        ref = load_reference(reference, checkpoint, unsafe_load=unsafe_load)
-        doc = compare(ref, found, opts, on_stage=lambda s: bar.update(task, description=s))
+    with stage_progress() as progress:
+        progress.stage("load reference")
+        like = next((c.path for c in found if c.kind == "onnx"), None)
+        ref = load_reference(reference, model_options, like=like)
+        progress.done()
+        doc = compare(ref, found, opts, progress=progress)
     written = write_reports(doc, reports)
     finish(doc, written, as_json, "compare")

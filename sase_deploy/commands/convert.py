@@ -16,6 +16,7 @@ from sase_deploy.commands._precision_options import (
     report_result,
     samples_option,
 )
+from sase_deploy.console import stage_progress
 
 
 @click.command("convert")
@@ -83,7 +84,8 @@ def convert_command(
         calib_json=calib_json,
         data=data,
     )
-    result = convert_onnx(model_path, output, options)
+    with stage_progress() as progress:
+        result = convert_onnx(model_path, output, options, progress=progress)
     lines = [
         f"wrote {result.output} ({result.precision}, float32 IO)",
         f"kept in FP32: {len(result.kept_fp32)} nodes",

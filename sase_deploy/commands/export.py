@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sase_deploy.commands._model_options import model_options
 from sase_deploy.console import emit_json, note, progress
 from sase_deploy.errors import ParityError
 
 if TYPE_CHECKING:  # the export package imports torch: only when the command runs
     from sase_deploy.export.api import ExportResult
     from sase_deploy.export.exporters import Exporter
+    from sase_deploy.models.spec import ModelOptions
 
 _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
 
@@ -25,43 +27,7 @@ _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output .onnx path (default: ./MODEL.onnx).",
 )
-@click.option(
-    "-c",
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Weights to load (torch.save file; weights-only unless --unsafe-load).",
-)
-@click.option("--checkpoint-key", help="Container key holding the state dict (e.g. g_ema).")
-@click.option("--no-ema", is_flag=True, help="Load raw weights, not the EMA copy.")
-@click.option(
-    "--unsafe-load", is_flag=True, help="Allow pickled code in the checkpoint (trusted files only)."
-)
-@click.option(
-    "--model-arg",
-    "model_args",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Factory keyword argument, repeatable (e.g. noise=input).",
-)
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="1x3x224x224",
-    help="Shape of one input, repeated once per input (default: registry).",
-)
-@click.option(
-    "--input-name",
-    "input_names",
-    multiple=True,
-    help="Name of one input, repeated once per input (default: registry / input_N).",
-)
-@click.option(
-    "--output-name",
-    "output_names",
-    multiple=True,
-    help="Name of one output, repeated once per output (default: registry / output_N).",
-)
+@model_options
 @click.option(
     "--dynamic-batch",
     is_flag=True,
@@ -87,14 +53,7 @@ _STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
 def export_command(
     model: str,
     output: Path | None,
-    checkpoint: Path | None,
-    checkpoint_key: str | None,
-    no_ema: bool,
-    unsafe_load: bool,
-    model_args: tuple[str, ...],
-    input_shapes: tuple[str, ...],
-    input_names: tuple[str, ...],
-    output_names: tuple[str, ...],
+    model_options: ModelOptions,
     dynamic_batch: bool,
     opset: int | None,
     exporter: Exporter,
@@ -109,19 +68,15 @@ def export_command(
     TorchScript file. Writes OUT.onnx and OUT.manifest.json; on a parity failure the model is
     kept as OUT.parity-failed.onnx and the command exits 1.
     """
-    from sase_deploy.export.api import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportOptions, export_model
-    from sase_deploy.export.source import parse_model_args, parse_shape
+    from sase_deploy.export.api import (
+        DEFAULT_OPSET,
+        DEFAULT_TOLERANCE,
+        export_model,
+        export_options,
+    )
 
-    shapes = [parse_shape(text) for text in input_shapes]
-    options = ExportOptions(
-        checkpoint=checkpoint,
-        checkpoint_key=checkpoint_key,
-        use_ema=not no_ema,
-        unsafe_load=unsafe_load,
-        model_args=parse_model_args(model_args),
-        input_shapes=shapes or None,
-        input_names=input_names or None,
-        output_names=output_names or None,
+    options = export_options(
+        model_options,
         dynamic_batch=dynamic_batch,
         opset=opset if opset is not None else DEFAULT_OPSET,
         exporter=exporter,
@@ -157,9 +112,13 @@ def _echo_summary(result: ExportResult) -> None:
         f"{counts['exported']} exported -> {counts['final']} final "
         f"({summary['fusion']['status']})"
     )
+    floor = parity.get("noise_floor")
+    bound = f"{parity['effective_tolerance']:.2g}" if floor is not None else ""
+    bound += f" (PyTorch's own float32 noise {floor:.1e} x 2)" if floor is not None else ""
     click.echo(
         f"parity vs PyTorch (ORT CPU): worst max|diff|/scale {parity['worst_rel_max_abs']:.2e} "
-        f"<= {parity['tolerance']:g} at batch {[r['batch'] for r in parity['runs']]}"
+        f"<= {bound or format(parity['tolerance'], 'g')} at batch "
+        f"{[r['batch'] for r in parity['runs']]}"
     )
     for note_text in result.manifest["notes"]:
         note(f"note: {note_text}")

@@ -90,9 +90,11 @@ def fuse_command(
     click.echo(f"nodes {before}{folded} -> {after} ({(after - before) / max(before, 1):+.1%})")
     for entry in summary["rules"]:
         unchanged = sum(1 for m in entry["matches"] if m["status"] == "unchanged")
+        expected = sum(1 for d in entry["declines"] if d.get("expected"))
         click.echo(
             f"  {entry['rule']}: {entry['applied']} applied, {unchanged} already canonical, "
             f"{entry['reverted']} reverted, {len(entry['declines'])} declined"
+            + (f" ({expected} expected)" if expected else "")
         )
         _echo_declines(entry["declines"])
     check = summary["self_check"]
@@ -112,6 +114,7 @@ SHOWN_DECLINES = 3  # per rule in the text output; --json / --report carry all o
 def _echo_declines(declines: list[dict[str, str]]) -> None:
     """Why a rule left candidates alone: the first few reasons, then how many more."""
     for decline in declines[:SHOWN_DECLINES]:
-        click.echo(f"    declined at {decline['anchor']}: {decline['reason']}")
+        why = f" (expected: {decline['expected']})" if decline.get("expected") else ""
+        click.echo(f"    declined at {decline['anchor']}{why}: {decline['reason']}")
     if len(declines) > SHOWN_DECLINES:
         click.echo(f"    ... {len(declines) - SHOWN_DECLINES} more (all in --json / --report)")

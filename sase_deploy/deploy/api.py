@@ -12,43 +12,55 @@ inputs are unchanged, so re-running (or resuming after a kill) redoes only what 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sase_deploy.deploy.state import DeployState, file_digest
+from sase_deploy._timing import QUIET, StageProgress
+from sase_deploy.deploy.state import SKIPPED, DeployState, file_digest
 from sase_deploy.errors import UserError
+from sase_deploy.models.spec import ModelOptions
 from sase_deploy.report.api import CompareOptions
 
-Stage = Callable[[str], None]
 DEFAULT_TARGET = "rtx"
 PRECISIONS = ("fp32", "fp16", "int8")
 REPORT_FORMATS = ("json", "md", "html")
+TRITON_RTX = (
+    "TensorRT-RTX engines, which stock Triton's tensorrt_plan backend cannot load (the ONNX "
+    "models are served instead)"
+)
+TRITON_BUNDLE = "bundles build their engine on the device; add that engine to the repository there"
 
 
 @dataclass
 class DeployRequest:
     """One model through the whole flow.
 
-    model: registry name, `module:factory` or TorchScript file. checkpoint: weights (default:
-    the ones a registered model ships, else random init). targets: target names (empty: an
-    engine for `rtx` when TensorRT-RTX is installed, ONNX Runtime CPU models always).
-    precisions: of fp32, fp16, int8. data: calibration data (as for `calibrate --data`; default:
-    the model's own). eval_data: comparison inputs (default: the model's own, else `data`).
-    compare: latency/tolerance options. triton: also write a Triton repository.
+    model: registry name, `module:factory` or TorchScript file. model_options: weights
+    (default: the ones a registered model ships, else random init or what a factory loads),
+    factory arguments, input shapes and names (needed for a model the registry does not
+    describe), as `export` takes them. dynamic_batch: export with a symbolic batch (None: when
+    the model allows it). targets: target names (empty: an engine for `rtx` when TensorRT-RTX
+    is installed, ONNX Runtime CPU models always). precisions: of fp32, fp16, int8. data:
+    calibration data (as for `calibrate --data`; default: the model's own, else random
+    inputs). eval_data: comparison inputs (default: the model's own, else `data`). preprocess:
+    image-folder preprocessing overrides (as `calibrate --size/--mean/...`). compare:
+    latency/tolerance options. triton: also write a Triton repository.
     """
 
     model: str
     output: Path
-    checkpoint: Path | None = None
-    unsafe_load: bool = False
-    model_args: Mapping[str, Any] = field(default_factory=dict)
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+    dynamic_batch: bool | None = None
     targets: tuple[str, ...] = ()
     precisions: tuple[str, ...] = PRECISIONS
-    precisions_given: bool = False
     data: str | None = None
     eval_data: str | None = None
+    preprocess: Mapping[str, Any] = field(default_factory=dict)
     compare: CompareOptions = field(default_factory=CompareOptions)
     triton: bool = False
 
@@ -82,19 +94,31 @@ class _Run:
 
     request: DeployRequest
     state: DeployState
-    stage: Stage
+    progress: StageProgress = QUIET
     stages: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def step(
         self, name: str, facts: dict[str, Any], produce: Callable[[], Sequence[Path]]
     ) -> list[Path]:
-        self.stage(name)
+        """Stage `name`: `produce` its outputs unless `DeployState` finds them fresh."""
+        self.progress.stage(name)
+        start = time.perf_counter()
         outputs, skipped = self.state.run(name, facts, produce)
-        self.stages.append(
-            {"stage": name, "skipped": skipped, "outputs": [str(p) for p in outputs]}
-        )
+        self.finished(name, start, outputs, skipped)
         return outputs
+
+    def finished(
+        self, name: str, start: float, outputs: Sequence[Path], skipped: bool, **extra: Any
+    ) -> None:
+        """Close stage `name` (begun at `start`) and list it, outputs relative to OUT."""
+        reason = SKIPPED if skipped else None
+        self.progress.done(reason)
+        self.stages.append(
+            {"stage": name, "skipped": skipped, "reason": reason,
+             "seconds": round(time.perf_counter() - start, 3),
+             "outputs": [self.state.relative(p) for p in outputs], **extra}
+        )  # fmt: skip
 
 
 def _validate(request: DeployRequest) -> None:
@@ -107,7 +131,7 @@ def _validate(request: DeployRequest) -> None:
 
     for name in request.targets:
         get_target(name)  # UserError naming the known targets
-    checkpoint = request.checkpoint
+    checkpoint = request.model_options.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
         what = "is a folder" if Path(checkpoint).is_dir() else "does not exist"
         raise UserError(f"checkpoint {checkpoint} {what}; give the path of the weights file")
@@ -117,50 +141,94 @@ def _model_name(request: DeployRequest) -> tuple[str, Any]:
     from sase_deploy.export.api import default_output
     from sase_deploy.export.source import resolve_model
 
-    source = resolve_model(request.model, model_args=request.model_args)
+    given = request.model_options
+    source = resolve_model(
+        request.model,
+        model_args=given.model_args,
+        input_shapes=given.input_shapes or None,
+        input_names=given.input_names or None,
+    )
     stem = source.spec.name if source.spec is not None else default_output(request.model).stem
     return stem, source
 
 
 def _export(run: _Run, name: str, source: Any) -> Path:
-    from sase_deploy.export.api import export_model
+    from sase_deploy.export.api import export_model, export_options
     from sase_deploy.report.reference import default_checkpoint
 
     request = run.request
-    checkpoint = request.checkpoint or default_checkpoint(source.spec.name if source.spec else None)
+    given = request.model_options
+    checkpoint = given.checkpoint or default_checkpoint(source.spec.name if source.spec else None)
     dest = request.output / "export" / f"{name}.onnx"
+    dynamic = _dynamic_batch(request, source)
+    options = export_options(given, checkpoint=checkpoint, dynamic_batch=dynamic)
     facts = {
-        "model": request.model,
-        "model_args": dict(request.model_args),
+        # a TorchScript file's path depends on the working directory; its content is `source`
+        "model": Path(request.model).name if source.kind == "torchscript" else request.model,
+        "options": {**dataclasses.asdict(options), "checkpoint": None},
         "checkpoint": file_digest(checkpoint) if checkpoint else None,
-        "dynamic": source.dynamic_batch_allowed,
+        # a factory's code or a TorchScript file may change under the same MODEL string
+        "source": _source_digest(source),
     }
 
     def produce() -> list[Path]:
-        result = export_model(
-            request.model,
-            dest,
-            checkpoint=checkpoint,
-            unsafe_load=request.unsafe_load,
-            model_args=request.model_args,
-            dynamic_batch=source.dynamic_batch_allowed,
-        )
+        result = export_model(request.model, dest, options)
         return [result.onnx_path, result.manifest_path]
 
     return run.step("export", facts, produce)[0]
 
 
-def _fp16(run: _Run, export: Path) -> Path:
+def _dynamic_batch(request: DeployRequest, source: Any) -> bool:
+    """--dynamic-batch / --static-batch as given, else dynamic when the model allows it."""
+    allowed = bool(source.dynamic_batch_allowed)
+    if request.dynamic_batch and not allowed:
+        raise UserError(
+            f"{request.model} cannot be exported with a dynamic batch (its registry entry says "
+            "so); drop --dynamic-batch"
+        )
+    return allowed if request.dynamic_batch is None else request.dynamic_batch
+
+
+def _source_digest(source: Any) -> str | None:
+    """sha256 of the file MODEL's code or archive lives in (factory module, TorchScript file):
+    the export re-runs when it changes. None for registered models (the version covers them)."""
+    import inspect
+    import sys
+
+    if source.kind == "torchscript":
+        return file_digest(Path(source.reference))
+    if source.kind == "factory":
+        module = sys.modules.get(source.reference.partition(":")[0])
+        path = inspect.getsourcefile(module) if module is not None else None
+        return file_digest(Path(path)) if path else None
+    return None
+
+
+def _fp16(run: _Run, export: Path, calibration: Path | None) -> Path:
+    """The FP16 model; with INT8 ranges (`calibration`) their overflow rule applies, as when
+    `build` converts for an engine, so the engines' FP16 graph is this same file (shared)."""
     from sase_deploy.calibration.api import convert_onnx
 
-    dest = export.with_name(export.name[: -len(".onnx")] + ".fp16.onnx")
-    facts = {"onnx": file_digest(export)}
-    return run.step("fp16", facts, lambda: [convert_onnx(export, dest, precision="fp16").output])[0]
+    stem = export.name[: -len(".onnx")]
+    dest = export.with_name(f"{stem}.fp16.onnx")
+    calib_json = calibration / f"{stem}.calib.json" if calibration is not None else None
+    facts = {"onnx": file_digest(export), "calib_json": file_digest(calib_json)}
+
+    def produce() -> list[Path]:
+        return [convert_onnx(export, dest, precision="fp16", calib_json=calib_json).output]
+
+    return run.step("fp16", facts, produce)[0]
 
 
-def _calibration_data(run: _Run, spec: Any, task: str) -> str | None:
+RANDOM_CALIBRATION_NOTE = (
+    "int8 calibrated on random inputs (no --data): accuracy is not judged; pass --data "
+    "(.npz/.npy or an image folder) with real inputs"
+)
+
+
+def _calibration_data(run: _Run, spec: Any, task: str) -> str:
     """`--data`, else the model's own calibration split (written from the package's data), else
-    seeded latents for generators, else None."""
+    seeded latents: a generator's own inputs, random inputs (with a note) for anything else."""
     if run.request.data is not None:
         return run.request.data
     if spec is not None and spec.write_data is not None:
@@ -168,37 +236,42 @@ def _calibration_data(run: _Run, spec: Any, task: str) -> str | None:
         if not path.is_file():
             spec.write_data(path, "calibration")
         return str(path)
-    return "latent" if task == "generation" else None
+    if task != "generation":
+        run.notes.append(RANDOM_CALIBRATION_NOTE)
+    return "latent"
 
 
-def _int8_data(run: _Run, name: str, spec: Any, task: str) -> str | None:
-    """The calibration data for INT8, checked before any work; None (with a note) when the
-    model has none and int8 was only a default."""
+def _int8_data(run: _Run, spec: Any, task: str) -> str:
+    """The calibration data for INT8, checked before any work."""
     data = _calibration_data(run, spec, task)
-    if data is not None and not data.startswith("latent") and not Path(data).exists():
+    if not data.startswith("latent") and not Path(data).exists():
         raise UserError(f"--data {data} does not exist; give a folder, .npy/.npz or 'latent'")
-    if data is None and run.request.precisions_given:
-        raise UserError(
-            f"INT8 needs calibration data for {name}: pass --data (image folder or .npz), "
-            "or drop int8 from --precisions"
-        )
-    if data is None:
-        run.notes.append("int8 skipped: no calibration data for this model (pass --data)")
     return data
+
+
+def _data_key(data: str) -> str | None:
+    """What identifies calibration data in a stage key: a file by its content, a folder by its
+    absolute path (the same wherever deploy runs from), `latent[:SEED]` as written."""
+    path = Path(data)
+    if path.is_file():
+        return file_digest(path)
+    return str(path.resolve()) if path.is_dir() else data
 
 
 def _int8(run: _Run, export: Path, data: str) -> Path:
     from sase_deploy.calibration.api import calibrate_onnx
 
     folder = run.request.output / "calibration"
-    data_path = Path(data)
     facts = {
         "onnx": file_digest(export),
-        "data": file_digest(data_path) if data_path.is_file() else data,
+        "data": _data_key(data),
+        "preprocess": dict(run.request.preprocess),
     }
 
     def produce() -> list[Path]:
-        result = calibrate_onnx(export, data, folder)
+        result = calibrate_onnx(
+            export, data, folder, preprocess=run.request.preprocess, progress=run.progress
+        )
         run.notes.extend(result.notes)
         return [result.int8_onnx, result.cache, result.json]
 
@@ -235,7 +308,9 @@ def _engines(
         for precision in run.request.precisions:
             if precision == "int8" and calibration is None:
                 continue
-            run.stage(f"build {target} {precision}")
+            stage = f"build {target} {precision}"
+            run.progress.stage(stage)
+            start = time.perf_counter()
             request = BuildRequest(
                 onnx=export,
                 target=target,
@@ -247,11 +322,9 @@ def _engines(
                 result = build(request)
             except UserError as exc:
                 failures.append(f"{target} {precision}: {exc}")
+                run.progress.done("build failed")
                 continue
-            run.stages.append(
-                {"stage": f"build {target} {precision}", "skipped": result.cached,
-                 "outputs": [str(result.artifact)], "backend": result.backend}
-            )  # fmt: skip
+            run.finished(stage, start, [result.artifact], result.cached, backend=result.backend)
             artifacts.append(result.artifact)
     return artifacts, failures
 
@@ -265,56 +338,73 @@ def _compare(run: _Run, artifacts: Sequence[Path], task: str) -> tuple[dict[str,
     from sase_deploy.report.reference import load_reference, shipped_data
 
     request = run.request
-    run.stage("compare")
-    reference = load_reference(
-        request.model, request.checkpoint, unsafe_load=request.unsafe_load,
-        model_args=request.model_args,
-    )  # fmt: skip
+    run.progress.stage("load reference")
+    reference = load_reference(request.model, request.model_options)
+    run.progress.done()
     eval_data = request.eval_data
     own_data = shipped_data(reference.model_name) is not None
     if eval_data is None and not own_data and task != "generation" and request.data:
         eval_data = request.data
         run.notes.append("compared on the calibration data (--data); pass --eval-data for held-out")
-    options = replace(request.compare, data=eval_data)
-    doc = compare(reference, resolve_candidates(artifacts), options, on_stage=run.stage)
+    options = replace(request.compare, data=eval_data, preprocess=request.preprocess)
+    doc = compare(reference, resolve_candidates(artifacts), options, progress=run.progress)
     doc["notes"] = list(run.notes)
+    for row in doc["candidates"]:  # the report lives in OUT: paths relative to it
+        row["path"] = os.path.relpath(row["path"], request.output)
     paths = [request.output / f"report.{fmt}" for fmt in REPORT_FORMATS]
     return doc, write_reports(doc, paths)
 
 
 def _triton(run: _Run, artifacts: Sequence[Path]) -> Path:
+    """A repository of what stock Triton can load: ONNX models and TensorRT engines. TensorRT-RTX
+    engines and Jetson bundles are left out, with a note saying so and why."""
     from sase_deploy.serving.triton import triton_model_from, write_triton_repository
 
-    run.stage("triton")
+    run.progress.stage("triton")
     repo = run.request.output / "triton"
-    models = [triton_model_from(p) for p in artifacts if p.suffix in (".onnx", ".engine", ".plan")]
+    models, rtx, bundles = [], [], []
+    for path in artifacts:
+        if path.suffix not in (".onnx", ".engine", ".plan"):
+            bundles.append(f"{path.parent.name}/{path.name}")
+            continue
+        model = triton_model_from(path)
+        if model.engine_backend == "tensorrt-rtx":
+            rtx.append(f"{path.parent.name}/{path.name}")
+            continue
+        models.append(model)
     write_triton_repository(models, repo)
+    run.notes.append(f"triton: wrote {repo} ({', '.join(m.name for m in models)})")
+    if rtx:
+        run.notes.append(f"triton: left out {', '.join(rtx)}: {TRITON_RTX}")
+    if bundles:
+        run.notes.append(f"triton: left out {', '.join(bundles)}: {TRITON_BUNDLE}")
+    run.progress.done()
     return repo
 
 
-def deploy(request: DeployRequest, on_stage: Stage | None = None) -> DeployResult:
+def deploy(request: DeployRequest, progress: StageProgress | None = None) -> DeployResult:
     """Export, convert, calibrate, build, compare (and write a Triton repository) for one model.
 
     Args:
         request: what to deploy and where (see `DeployRequest`).
-        on_stage: called with a short description before each stage.
+        progress: told as each stage starts and ends (skipped or not), with counts where a
+            stage knows them (`sase_deploy.console.stage_progress`); default: quiet.
 
     Raises UserError for bad input; the report's verdict says whether parity held.
     """
     _validate(request)
     name, source = _model_name(request)
     task = source.spec.task if source.spec is not None else "other"
-    run = _Run(request, DeployState(request.output), on_stage or (lambda _s: None))
-    data = _int8_data(run, name, source.spec, task) if "int8" in request.precisions else None
+    run = _Run(request, DeployState(request.output), progress or QUIET)
+    data = _int8_data(run, source.spec, task) if "int8" in request.precisions else None
     export = _export(run, name, source)
+    int8 = _int8(run, export, data) if data is not None else None
+    calibration = request.output / "calibration" if int8 is not None else None
     onnx_models = [export] if "fp32" in request.precisions else []
     if "fp16" in request.precisions:
-        onnx_models.append(_fp16(run, export))
-    calibration = None
-    if data is not None:
-        onnx_models.append(_int8(run, export, data))
-        calibration = request.output / "calibration"
+        onnx_models.append(_fp16(run, export, calibration))
+    onnx_models += [int8] if int8 is not None else []
     engines, failures = _engines(run, export, calibration, _default_targets(run))
-    doc, reports = _compare(run, [*onnx_models, *engines], task)
     triton = _triton(run, [*onnx_models, *engines]) if request.triton else None
+    doc, reports = _compare(run, [*onnx_models, *engines], task)
     return DeployResult(request.output, doc, reports, run.stages, run.notes, failures, triton)

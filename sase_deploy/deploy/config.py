@@ -16,10 +16,21 @@
     name = "fastgan_slim_256"
     precisions = ["fp32", "fp16"]
     checkpoint = "ckpt/g.pt"            # relative paths are relative to the TOML file
+    checkpoint_key = "g_ema"
     data = "latent"
     model_args = { noise = "off" }
 
-With several models each goes to OUT/<model name>/.
+    [[models]]
+    name = "mynet.models:build"         # a model of your own: its inputs, as `export` takes them
+    input_shape = ["1x3x64x64", "1x10"] # one per input (a string for one input)
+    input_name = ["image", "meta"]
+    output_name = "logits"
+    dynamic_batch = true
+    data = "calib.npz"
+    preprocess = { size = "64x64", mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
+
+With several models each goes to OUT/<model name>/. Keys are the command-line options' names
+with `_` for `-`; an option given on the command line wins over the file.
 """
 
 from __future__ import annotations
@@ -35,8 +46,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TOP_KEYS = {"output", "targets", "precisions", "triton", "compare", "models", "data", "eval_data"}
-MODEL_KEYS = {"name", "checkpoint", "targets", "precisions", "data", "eval_data", "model_args"}
+TOP_KEYS = {
+    "output", "targets", "precisions", "triton", "compare", "models", "data", "eval_data",
+    "dynamic_batch", "preprocess",
+}  # fmt: skip
+MODEL_KEYS = {
+    "name", "checkpoint", "checkpoint_key", "ema", "targets", "precisions", "data", "eval_data",
+    "model_args", "input_shape", "input_name", "output_name", "dynamic_batch", "preprocess",
+}  # fmt: skip
+INHERITED_KEYS = ("targets", "precisions", "data", "eval_data", "dynamic_batch", "preprocess")
+PREPROCESS_KEYS = {"size", "resize", "mean", "std", "channel_order", "scale"}
 COMPARE_KEYS = {"batches", "runs", "warmup", "samples", "tolerances"}
 
 
@@ -59,6 +78,33 @@ def _path(value: Any, base: Path, key: str, where: str) -> str:
         raise UserError(f"{where}: '{key}' must be a string")
     is_path = value != "latent" and not value.startswith("latent:") and ":" not in value[1:2]
     return str(base / value) if is_path and not Path(value).is_absolute() else value
+
+
+def _model_entry(entry: dict[str, Any], raw: dict[str, Any], base: Path, at: str) -> dict[str, Any]:
+    """One [[models]] entry, completed from the top level, its values checked and parsed."""
+    from sase_deploy.export.source import parse_shape
+
+    merged: dict[str, Any] = {k: raw[k] for k in INHERITED_KEYS if k in raw}
+    merged.update(entry)
+    for key in ("targets", "precisions", "input_name", "output_name"):
+        if key in merged:
+            merged[key] = _strings(merged[key], key, at)
+    if "input_shape" in merged:
+        merged["input_shape"] = tuple(
+            parse_shape(text) for text in _strings(merged["input_shape"], "input_shape", at)
+        )
+    for key in ("checkpoint", "data", "eval_data"):
+        if key in merged:
+            merged[key] = _path(merged[key], base, key, at)
+    for key, kind in (("checkpoint_key", str), ("ema", bool), ("dynamic_batch", bool)):
+        if key in merged and not isinstance(merged[key], kind):
+            raise UserError(f"{at}: '{key}' must be a {'string' if kind is str else 'boolean'}")
+    for key in ("model_args", "preprocess"):
+        if not isinstance(merged.get(key, {}), dict):
+            raise UserError(f"{at}: {key} must be a table, e.g. {key} = {{ ... }}")
+    if "preprocess" in merged:
+        _unknown(merged["preprocess"], PREPROCESS_KEYS, f"{at} preprocess")
+    return merged
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -88,19 +134,7 @@ def load_config(path: Path) -> dict[str, Any]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise UserError(f'{at}: each [[models]] entry needs name = "MODEL"')
         _unknown(entry, MODEL_KEYS, at)
-        merged: dict[str, Any] = {
-            k: raw[k] for k in ("targets", "precisions", "data", "eval_data") if k in raw
-        }
-        merged.update(entry)
-        for key in ("targets", "precisions"):
-            if key in merged:
-                merged[key] = _strings(merged[key], key, at)
-        for key in ("checkpoint", "data", "eval_data"):
-            if key in merged:
-                merged[key] = _path(merged[key], base, key, at)
-        if not isinstance(merged.get("model_args", {}), dict):
-            raise UserError(f"{at}: model_args must be a table")
-        entries.append(merged)
+        entries.append(_model_entry(entry, raw, base, at))
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: a model is listed twice; give each [[models]] name once")

@@ -4,12 +4,16 @@
 options, versions, sha256 of input files) and the sha256 of each file it wrote. A stage whose key
 matches and whose outputs are intact is skipped. The state file is rewritten atomically after each
 stage, so a killed deploy resumes where it stopped.
+
+The outputs are recorded relative to OUT, so the same deploy run from another directory (or with
+OUT spelled another way) finds them; state files from before, with absolute paths, still work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from sase_deploy._io import sha256_model, write_json_atomic
 
 STATE_FILE = "deploy.state.json"
 STATE_FORMAT = "sase-deploy.deploy-state/1"
+SKIPPED = "inputs unchanged"  # why a fresh stage is skipped, as progress and --json say
 
 
 def stage_key(facts: dict[str, Any]) -> str:
@@ -36,7 +41,8 @@ class DeployState:
     """The record of finished stages in one deploy output folder."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / STATE_FILE
+        self.out = Path(out)
+        self.path = self.out / STATE_FILE
         self.stages: dict[str, dict[str, Any]] = {}
         try:
             data = json.loads(self.path.read_text())
@@ -50,14 +56,23 @@ class DeployState:
         entry = self.stages.get(name)
         if not entry or entry.get("key") != key:
             return None
-        outputs = [Path(p) for p in entry.get("outputs", {})]
-        for path in outputs:
-            if not path.is_file() or file_digest(path) != entry["outputs"][str(path)]:
+        outputs = []
+        for recorded, digest in entry.get("outputs", {}).items():
+            path = self.out / recorded  # an absolute path (older state files) stays as it is
+            if not path.is_file() or file_digest(path) != digest:
                 return None
+            outputs.append(path)
         return outputs
 
+    def relative(self, path: Path) -> str:
+        """`path` relative to OUT (as the state file and deploy's stage list name outputs)."""
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.out))).as_posix()
+
     def record(self, name: str, key: str, outputs: Sequence[Path]) -> None:
-        self.stages[name] = {"key": key, "outputs": {str(p): file_digest(p) for p in outputs}}
+        self.stages[name] = {
+            "key": key,
+            "outputs": {self.relative(p): file_digest(p) for p in outputs},
+        }
         write_json_atomic(self.path, {"format": STATE_FORMAT, "stages": self.stages})
 
     def run(

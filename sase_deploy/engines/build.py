@@ -292,6 +292,7 @@ def _produce(
             dla_core=request.dla_core,
             manifest=manifest,
             strongly_typed_graph=request.precision != "fp32" and not made.get("flags"),
+            link_onnx=onnx_path != request.onnx,  # made here (convert / calibrate): ours
         )
         return out
     return _build_engine(request, plan, onnx_path, made, manifest)

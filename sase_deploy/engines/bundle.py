@@ -28,6 +28,7 @@ from typing import Any
 
 from sase_deploy import __version__
 from sase_deploy._io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from sase_deploy.engines.cache import link_or_copy
 from sase_deploy.engines.targets import Target, check_request
 from sase_deploy.engines.trtexec import (
     TIMING_CACHE,
@@ -299,6 +300,7 @@ def write_bundle(
     manifest: Mapping[str, Any] | None = None,
     trt_version: str | None = None,
     strongly_typed_graph: bool = False,
+    link_onnx: bool = False,
 ) -> dict[str, Any]:
     """Write a bundle that builds the engine on the device, every file atomically.
 
@@ -316,6 +318,9 @@ def write_bundle(
         manifest: the ONNX's own facts (e.g. the build manifest), kept under "source".
         trt_version: override the target's TensorRT version, e.g. "10.7".
         strongly_typed_graph: the ONNX carries its precision (FP16 casts or INT8 Q/DQ).
+        link_onnx: the ONNX (and its external data) was made by sase-deploy beside the bundle,
+            so the bundle may hold a hard link to it rather than a second copy (a copy where
+            no link can be made). A user's file is always copied: they may rewrite it in place.
 
     Returns:
         What was written: file names relative to out_dir, the trtexec args, warnings.
@@ -333,17 +338,27 @@ def write_bundle(
         "README.md": _readme(target, found.files, label, found.cli, notes),
     }
     record = _record(target, precision, strongly_typed_graph, found, manifest)
-    written = _write(Path(out_dir), found.sources, texts, record)
+    graph = {found.files["onnx"], *found.files["external_data"]}
+    linked = graph if link_onnx else set()
+    written = _write(Path(out_dir), found.sources, texts, record, linked)
     return {"out_dir": str(out_dir), "files": written, **found.files, "build_script": "build.sh",
             "manifest": "manifest.json", "readme": "README.md", "tensorrt": label,
             "trtexec_args": found.args, "warnings": found.warnings}  # fmt: skip
 
 
 def _write(
-    out_dir: Path, sources: dict[str, Path], texts: dict[str, str], record: dict[str, Any]
+    out_dir: Path,
+    sources: dict[str, Path],
+    texts: dict[str, str],
+    record: dict[str, Any],
+    linked: set[str],
 ) -> list[str]:
-    """Copy `sources`, write `texts` and the manifest (with checksums) into out_dir, atomically."""
+    """Copy `sources` (hard-link those named in `linked`), write `texts` and the manifest (with
+    checksums) into out_dir, atomically."""
     for name, src in sources.items():
+        if name in linked:
+            link_or_copy(src, out_dir / name)
+            continue
         with atomic_path(out_dir / name) as tmp:
             shutil.copyfile(src, tmp)
     for name, text in texts.items():

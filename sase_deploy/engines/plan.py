@@ -12,6 +12,17 @@ PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "bundle")
 
 
+def build_precisions(target: Target) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(precisions `build` makes for `target`, those its hardware runs that `build` does not
+    make yet: BF16, FP8, FP4).
+
+    Args:
+        target: a packaged or local target.
+    """
+    made = tuple(p for p in PRECISIONS if target.supports(p))
+    return made, tuple(p for p in target.precisions if p not in PRECISIONS)
+
+
 def plan_backend(
     target: Target,
     backend: str,

@@ -90,16 +90,28 @@ def prepare_onnx(
         if not graph_typed:
             return request.onnx, {"made_by": "input", "flags": ["fp16"]}
         from sase_deploy.calibration import convert_onnx
+        from sase_deploy.engines.cache import share_identical  # cache.py imports this module
 
         stage("convert fp16")
         calib_json = _calibration_file(request, "calib.json", required=False)
         out = out_dir / f"{stem}.fp16.onnx"
         convert_onnx(request.onnx, out, precision="fp16", calib_json=calib_json)
-        return out, {"made_by": "sase-deploy convert --precision fp16", "calib_json": calib_json}
+        made = {"made_by": "sase-deploy convert --precision fp16", "calib_json": calib_json}
+        twin = share_identical(out, _fp16_twins(request, stem))
+        if twin is not None:  # one file on disk, two names (hard link)
+            made["shared_with"] = twin
+        return out, made
     int8_onnx, cache = _int8_files(request, out_dir, graph_typed, stage)
     if graph_typed and int8_onnx is not None:  # the Q/DQ graph carries the ranges: no cache
         return int8_onnx, {"made_by": "sase-deploy calibrate (Q/DQ)"}
     return request.onnx, {"made_by": "input", "flags": ["int8"], "calib_cache": cache}
+
+
+def _fp16_twins(request: BuildRequest, stem: str) -> list[Path]:
+    """Where an identical FP16 graph may already be: `convert`'s default output beside the
+    source (what `deploy` writes), and the graphs built for other targets in the same output."""
+    beside = request.onnx.with_name(f"{stem}.fp16.onnx")
+    return [beside, *sorted(request.output_dir.glob(f"*/{stem}.fp16.onnx"))]
 
 
 def _calibration_file(request: BuildRequest, suffix: str, required: bool) -> Path | None:

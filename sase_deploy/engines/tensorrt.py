@@ -13,13 +13,16 @@ import collections
 import contextlib
 import io
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sase_deploy.engines.base import Feed, Outputs, Runner
+import numpy as np
+
+from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner
 from sase_deploy.engines.flavours import Flavour, polygraphy_trt, trt_module
 from sase_deploy.errors import UserError
 
@@ -88,6 +91,28 @@ def _first_error(log: list[str], exc: Exception) -> str:
     """The builder's first error line (TensorRT says why; Polygraphy only that it failed)."""
     errors = [line.split("]", 1)[-1].strip() for line in log if line.startswith("[E]")]
     return " ".join((errors[0] if errors else str(exc)).split())
+
+
+# TensorRT-RTX compiles no FP32 GEMM for Turing; its Myelin error names the node and the SM.
+_NO_FP32_GEMM = re.compile(
+    r"Cannot compile operation '(?P<node>[^']*)' for (?P<arch>\w+) \((?P<sm>SM\d+)\): "
+    r"FP32 GEMM is not supported"
+)
+
+
+def _build_failure(onnx_path: Path, flavour: Flavour, log: list[str], exc: Exception) -> UserError:
+    """The one-line UserError for a failed build: the builder's own reason, and for failures
+    with a known way out (FP32 GEMM on Turing with TensorRT-RTX) what to build instead."""
+    reason = _first_error(log, exc)
+    gemm = _NO_FP32_GEMM.search(reason)
+    if gemm is not None:
+        return UserError(
+            f"{flavour.name} {flavour.version} cannot build {onnx_path.name} for "
+            f"{gemm['arch']} ({gemm['sm']}): node '{gemm['node']}' is an FP32 MatMul/Gemm and "
+            "FP32 GEMM is not supported there; use --precision fp16 or a TensorRT build "
+            "(--backend bundle to build on the device, or --backend tensorrt on that GPU)"
+        )
+    return UserError(f"{flavour.name} failed to build {onnx_path.name}: {reason}")
 
 
 def _short(kind: Any) -> str:
@@ -175,9 +200,7 @@ def build_engine(onnx_path: Path, flavour: Flavour, options: BuildOptions) -> En
     except UserError:
         raise
     except Exception as exc:  # Polygraphy raises PolygraphyException on a failed build
-        raise UserError(
-            f"{flavour.name} failed to build {onnx_path.name}: {_first_error(log, exc)}"
-        ) from exc
+        raise _build_failure(onnx_path, flavour, log, exc) from exc
     return EngineBuild(bytes(engine), seconds, layers, log)
 
 
@@ -214,6 +237,19 @@ class TrtRunner(Runner):
         self._runner = ptrt.TrtRunner(ptrt.EngineFromBytes(data, runtime=runtime))
         self._runner.activate()
 
+    @property
+    def label(self) -> str:
+        where = f" ({self.engine.name})" if isinstance(self.engine, Path) else ""
+        return f"{self.flavour.name}{where}"
+
+    def input_metadata(self) -> InputMetadata:
+        """name -> (dtype, shape) from Polygraphy's runner; -1 (dynamic) dims are None."""
+        found: InputMetadata = {}
+        for name, meta in self._runner.get_input_metadata().items():
+            shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in meta.shape)
+            found[name] = (_numpy_dtype(meta.dtype), shape)
+        return found
+
     def infer_impl(self, feed: Feed) -> Outputs:
         outputs = self._runner.infer(dict(feed), copy_outputs_to_host=True)
         return {name: value for name, value in outputs.items()}
@@ -222,3 +258,12 @@ class TrtRunner(Runner):
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype | None:
+    """A Polygraphy DataType (or numpy dtype) as numpy, by name: None where numpy has no such
+    type (bfloat16, FP8), so those inputs are not dtype-checked."""
+    try:
+        return np.dtype(getattr(dtype, "name", None) or dtype)
+    except TypeError:
+        return None

@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sase_deploy.engines.base import Feed, Outputs, Runner
 
+if TYPE_CHECKING:  # torch is imported when a runner is made, not when threads are counted
+    import torch
+
+
+def cpu_threads() -> int:
+    """The intra-op threads ONNX Runtime's CPU provider uses by default: one per physical core
+    this process may run on (ORT leaves hyper-threads idle). PyTorch is given the same number,
+    so a reference and its ONNX candidates are timed with equal parallelism."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in allowed:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:  # no sysfs (containers, macOS): count logical CPUs
+            return max(1, len(allowed))
+        cores.add((package, core))
+    return max(1, len(cores) or (os.cpu_count() or 1))
+
 
 class TorchRunner(Runner):
+    """Runs a module under `torch.inference_mode`.
+
+    Args:
+        module: the network (put in eval mode and on `device` when activated).
+        input_names / output_names: how feeds and outputs are named.
+        device: "cpu" or a CUDA device.
+        threads: intra-op threads while active (None: `cpu_threads()`, as ONNX Runtime); the
+            process-wide setting is restored on deactivate.
+    """
+
     name = "pytorch"
 
     def __init__(
@@ -19,17 +51,35 @@ class TorchRunner(Runner):
         input_names: Sequence[str],
         output_names: Sequence[str],
         device: str = "cpu",
+        threads: int | None = None,
     ) -> None:
+        import torch
+
         super().__init__()
         self.module = module
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
         self.device = torch.device(device)
+        self.threads = threads if threads is not None else cpu_threads()
+        self._previous_threads: int | None = None
 
     def activate_impl(self) -> None:
+        import torch
+
+        self._previous_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
         self.module.eval().to(self.device)
 
+    def deactivate_impl(self) -> None:
+        import torch
+
+        if self._previous_threads is not None:
+            torch.set_num_threads(self._previous_threads)
+            self._previous_threads = None
+
     def infer_impl(self, feed: Feed) -> Outputs:
+        import torch
+
         args = [
             torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
             for n in self.input_names

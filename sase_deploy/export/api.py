@@ -41,7 +41,7 @@ from sase_deploy.graph_io import (
     save_model,
     staging_dir,
 )
-from sase_deploy.models.spec import InputSpec, sample_inputs
+from sase_deploy.models.spec import InputSpec, ModelOptions, sample_inputs
 
 # Opset 18: the dynamo exporter's native opset (others go through the version converter),
 # within the TorchScript exporter's range (<= 20), run by ORT 1.31 and parsed by TensorRT 10.x
@@ -108,6 +108,22 @@ class ExportOptions:
             )
         if not self.tolerance >= 0:
             raise UserError(f"--tolerance must be >= 0, got {self.tolerance}")
+
+
+def export_options(given: ModelOptions, **overrides: Any) -> ExportOptions:
+    """`ExportOptions` carrying `given`'s weights, factory arguments and input/output shapes and
+    names (what `export`, `compare` and `deploy` share), with `overrides` on top."""
+    fields: dict[str, Any] = {
+        "checkpoint": given.checkpoint,
+        "checkpoint_key": given.checkpoint_key,
+        "use_ema": given.use_ema,
+        "unsafe_load": given.unsafe_load,
+        "model_args": given.model_args,
+        "input_shapes": given.input_shapes or None,
+        "input_names": given.input_names or None,
+        "output_names": given.output_names or None,
+    }
+    return ExportOptions(**{**fields, **overrides})
 
 
 @dataclass
@@ -187,7 +203,7 @@ def export_model(
     if not parity.passed:
         raise ParityError(
             f"ONNX Runtime differs from PyTorch by {parity.worst_rel_max_abs:.3g} x output scale "
-            f"(tolerance {opts.tolerance:g}); kept the model as {dest}",
+            f"(tolerance {parity.effective_tolerance:.3g}); kept the model as {dest}",
             details=result.to_dict(),
         )
     return result
@@ -218,8 +234,12 @@ def _load(model: str | nn.Module, options: ExportOptions) -> _Loaded:
     )
     if options.dynamic_batch and not source.dynamic_batch_allowed:
         raise UserError(f"model '{source.reference}' has a fixed batch size; drop --dynamic-batch")
+    # A registered model that ships trained weights is exported with them unless -c says
+    # otherwise, as `compare` and `deploy` use them: the export and its reference agree.
+    shipped = source.spec.shipped_checkpoint() if source.spec is not None else None
+    checkpoint = options.checkpoint or shipped
     report = load_weights(
-        source, options.checkpoint, options.checkpoint_key, options.use_ema, options.unsafe_load
+        source, checkpoint, options.checkpoint_key, options.use_ema, options.unsafe_load
     )
     trace_batch = TRACE_BATCH_DYNAMIC if options.dynamic_batch else source.inputs[0].shape[0]
     feed = sample_inputs(source.inputs, seed=options.seed, batch=trace_batch)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from sase_deploy.engines.base import Outputs
@@ -23,25 +25,41 @@ class ParityRun:
     worst_rel_max_abs: float
 
 
+# ONNX Runtime may differ from PyTorch by this many times PyTorch's own float32 error.
+NOISE_FLOOR_FACTOR = 2.0
+
+
 @dataclass
 class ParityReport:
     tolerance: float  # on rel_max_abs = max|onnx - torch| / max|torch|, per output
     seed: int
     provider: str
     runs: list[ParityRun] = field(default_factory=list)
+    # PyTorch float32 vs float64, same metric: measured only when `tolerance` alone fails
+    noise_floor: float | None = None
 
     @property
     def worst_rel_max_abs(self) -> float:
         return max((run.worst_rel_max_abs for run in self.runs), default=0.0)
 
     @property
+    def effective_tolerance(self) -> float:
+        """`tolerance`, or the model's own float32 noise (times the factor) when larger: no
+        float32 backend can be held closer to PyTorch than PyTorch is to float64."""
+        floor = NOISE_FLOOR_FACTOR * self.noise_floor if self.noise_floor is not None else 0.0
+        return max(self.tolerance, floor)
+
+    @property
     def passed(self) -> bool:
-        return bool(self.runs) and self.worst_rel_max_abs <= self.tolerance
+        return bool(self.runs) and self.worst_rel_max_abs <= self.effective_tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "tolerance": self.tolerance,
+            "noise_floor": self.noise_floor,
+            "noise_floor_factor": NOISE_FLOOR_FACTOR,
+            "effective_tolerance": self.effective_tolerance,
             "metric": "max|onnx - torch| / max|torch| per output (rel_max_abs)",
             "worst_rel_max_abs": self.worst_rel_max_abs,
             "seed": self.seed,
@@ -67,10 +85,14 @@ def check_parity(
     """Run seeded random inputs at each batch size through both and compare every output.
 
     `known` holds PyTorch outputs already computed for `sample_inputs(inputs, seed, batch)`
-    (export runs one reference forward anyway), keyed by batch: they are not recomputed.
+    (export runs one reference forward anyway), keyed by batch: they are not recomputed. When
+    a run exceeds `tolerance`, PyTorch's own float32 error on it (against float64) is measured:
+    float32 kernels differ between CPUs (AVX2 / AVX-512), so a deep network's exact bound is
+    its own noise floor, not a constant tuned on one machine.
     """
     report = ParityReport(tolerance=tolerance, seed=seed, provider="CPUExecutionProvider")
-    torch_runner = TorchRunner(reference, [i.name for i in inputs], output_names)
+    names = [i.name for i in inputs]
+    torch_runner = TorchRunner(reference, names, output_names)
     with OrtRunner(os.fspath(onnx_path)) as ort_runner, torch_runner:
         for batch in batches:
             feed = sample_inputs(inputs, seed=seed, batch=batch)
@@ -80,4 +102,25 @@ def check_parity(
             report.runs.append(
                 ParityRun(batch, [d.to_dict() for d in diffs], worst_relative(diffs))
             )
+            if report.runs[-1].worst_rel_max_abs > tolerance and report.noise_floor is None:
+                report.noise_floor = _float64_noise_floor(reference, names, output_names, feed, ref)
     return report
+
+
+def _float64_noise_floor(
+    module: nn.Module,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    feed: Mapping[str, np.ndarray],
+    ref32: Outputs,
+) -> float | None:
+    """max over outputs of max|torch32 - torch64| / max|torch64| on `feed`; None when the
+    module cannot run in float64 (e.g. a TorchScript file with float32 constants baked in)."""
+    wide = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feed.items()}
+    try:
+        module64 = copy.deepcopy(module).double()
+        with TorchRunner(module64, input_names, output_names) as runner:
+            ref64 = runner.infer(wide)
+    except (RuntimeError, TypeError):  # dtype mismatches inside the module
+        return None
+    return worst_relative(compare_outputs(ref64, {k: ref32[k] for k in ref64}))

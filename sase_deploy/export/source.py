@@ -142,7 +142,11 @@ def _from_factory(reference: str, kwargs: dict[str, Any]) -> ModelSource:
     if not callable(target):
         raise UserError(f"'{reference}' is not callable; name a function or class")
     try:
-        module = target(**kwargs)
+        # Seeded as registered models are: a factory's random init is the same network in
+        # `export` and in `compare`'s reference (a factory that loads weights is unaffected).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(REGISTRY_INIT_SEED)
+            module = target(**kwargs)
     except TypeError as exc:
         raise UserError(
             f"calling '{reference}' with {kwargs} failed: {first_line(exc)}; "

@@ -35,7 +35,7 @@ def external_data_name(dest: Path) -> str:
 def save_model(model: onnx.ModelProto, dest: Path, *, threshold: int) -> Path | None:
     """Save `model` to `dest`; weights go to `dest.name + '.data'` beside it when the model's
     size exceeds `threshold` bytes. Returns the data file's path or None. Not atomic by itself:
-    call it on a path inside `staged_files`."""
+    call it on a path inside a `staging_dir`, then `publish` it."""
     if model.ByteSize() <= threshold:
         onnx.save_model(model, dest)
         return None

@@ -214,9 +214,6 @@ class FastGANGenerator(nn.Module):
         self.noise_mode = noise
         return self
 
-    def noise_input_specs(self, batch: int = 1) -> tuple[InputSpec, ...]:
-        return tuple(_noise_spec(site, batch) for site in self.sites)
-
     def _given_noise(self, noise: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if self.noise_mode != "input":
             if noise:

@@ -22,13 +22,37 @@ class InputSpec:
     dtype: str = "float32"
     kind: InputKind = "image"
 
-    def with_batch(self, batch: int) -> InputSpec:
-        return InputSpec(self.name, (batch, *self.shape[1:]), self.dtype, self.kind)
-
     def sample(self, rng: np.random.Generator, batch: int | None = None) -> np.ndarray:
         """Seeded input: standard normal for latents/noise/images (images are normalised)."""
         shape = (batch if batch is not None else self.shape[0], *self.shape[1:])
         return rng.standard_normal(shape).astype(self.dtype)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to build MODEL and load its weights, besides its name (`export`, `compare` and
+    `deploy` take the same options).
+
+    Attributes:
+        checkpoint: weights to load (torch.save file); None keeps the model's own (a registered
+            model's shipped weights, else random init or what the factory loads).
+        checkpoint_key: container key holding the state dict (e.g. `g_ema`).
+        use_ema: load the EMA copy of the weights when the checkpoint has one.
+        unsafe_load: allow pickled code in the checkpoint (trusted files only).
+        model_args: factory keyword arguments.
+        input_shapes: one shape per input, batch first (default: the registry's).
+        input_names, output_names: one name per input / output (default: registry, input_N /
+            output_N).
+    """
+
+    checkpoint: Path | None = None
+    checkpoint_key: str | None = None
+    use_ema: bool = True
+    unsafe_load: bool = False
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 def sample_inputs(
@@ -77,6 +101,10 @@ class ModelSpec:
     # Data the package ships for it: write_data(path, "eval" | "calibration") writes that split
     # as an .npz `--data` reads (eval with labels `y`); `deploy` and `compare` default to it.
     write_data: Callable[..., Path] | None = None
+
+    def shipped_checkpoint(self) -> Path | None:
+        """The trained weights the package ships for this model, if any."""
+        return self.checkpoint() if self.checkpoint is not None else None
 
     def input_specs(self, **model_kwargs: Any) -> tuple[InputSpec, ...]:
         if self.inputs_fn is not None:

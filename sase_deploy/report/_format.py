@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sase_deploy.report.latency import NOISY_NOTE
+
 DASH = "—"  # shown for null / not measured
+NOISY = NOISY_NOTE  # the flag of an untrustworthy latency row
 
 STATUS_LABEL = {"pass": "pass", "fail": "fail", "not_run": "not run"}
 
@@ -156,6 +159,30 @@ def latency_at(engine: dict[str, Any], batch: int) -> dict[str, Any]:
     return next((r for r in engine.get("latency", []) if r.get("batch") == batch), {})
 
 
+def p50_cell(row: dict[str, Any]) -> str:
+    """A row's p50, marked "(noisy)" when its spread or the machine's load says not to trust it."""
+    text = num(row.get("p50_ms"))
+    return f"{text} (noisy)" if row.get("noisy") and text != DASH else text
+
+
+def spread_cell(row: dict[str, Any]) -> str:
+    """Spread of the round medians as a percentage, with the noisy flag when raised."""
+    spread = _finite(row.get("spread"))
+    text = DASH if spread is None else f"{spread * 100:.0f}%"
+    return f"{text} {NOISY}" if row.get("noisy") else text
+
+
+def threads(engine: dict[str, Any]) -> str:
+    """The intra-op CPU thread count(s) of an engine's latency rows (— for GPU runners)."""
+    counts = sorted({int(r["threads"]) for r in engine.get("latency", []) if r.get("threads")})
+    return ", ".join(map(str, counts)) or DASH
+
+
+def warnings(doc: dict[str, Any]) -> list[str]:
+    """The document's warnings (random-init reference, noisy latency), one line each."""
+    return [str(w) for w in doc.get("warnings") or []]
+
+
 def timing(engine: dict[str, Any]) -> str:
     """The timing kind(s) of an engine's latency rows: wall, device or both."""
     kinds = sorted({str(r.get("timing")) for r in engine.get("latency", []) if r.get("timing")})
@@ -174,7 +201,7 @@ def candidate_table(doc: dict[str, Any]) -> tuple[list[str], list[tuple[str, lis
 
     def row(engine: dict[str, Any], fixed: list[str], extra: list[str]) -> list[str]:
         m = engine.get("metrics") or {}
-        p50 = [num(latency_at(engine, b).get("p50_ms")) for b in bs]
+        p50 = [p50_cell(latency_at(engine, b)) for b in bs]
         return fixed + extra + [_metric_cell(k, m) for k, _ in metrics] + p50
 
     ref = doc.get("reference", {})
@@ -191,20 +218,22 @@ def candidate_table(doc: dict[str, Any]) -> tuple[list[str], list[tuple[str, lis
 
 
 def latency_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: reference and each measured candidate, p50/p95/p99 and rate per batch."""
+    """Headers and rows: reference and each measured candidate; per batch p50/p95/p99, the
+    spread of round medians (with the noisy flag) and the rate."""
     engines = [doc.get("reference", {}), *doc.get("candidates", [])]
     bs = batches(doc)
-    headers = ["engine", "timing"]
+    headers = ["engine", "timing", "threads"]
     for b in bs:
-        headers += [f"b{b} p50 / p95 / p99 ms", f"b{b} /s"]
+        headers += [f"b{b} p50 / p95 / p99 ms", f"b{b} spread", f"b{b} /s"]
     rows = []
     for e in (e for e in engines if e.get("latency")):
-        row = [str(e.get("name", "?")), timing(e)]
+        row = [str(e.get("name", "?")), timing(e), threads(e)]
         for b in bs:
             r = latency_at(e, b)
             ms = [num(r.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")]
             row += [
                 DASH if r.get("p50_ms") is None else " / ".join(ms),
+                spread_cell(r),
                 num(r.get("throughput_per_s")),
             ]
         rows.append(row)

@@ -8,24 +8,36 @@ run are rows that say why, with their build facts, and never numbers that were n
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sase_deploy._timing import QUIET, StageProgress
 from sase_deploy.calibration.sources import CalibrationSource
-from sase_deploy.engines.base import Runner
+from sase_deploy.engines.base import Feed, Runner
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
-from sase_deploy.report.candidates import Candidate
+from sase_deploy.report.candidates import (
+    Candidate,
+    check_candidates_match,
+    check_output_shapes,
+)
 from sase_deploy.report.environment import environment
-from sase_deploy.report.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
+from sase_deploy.report.latency import (
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    NOISY_NOTE,
+    measure_latency,
+    runner_threads,
+)
 from sase_deploy.report.previews import previews
 from sase_deploy.report.reference import Reference, open_reference_data
-from sase_deploy.report.schema import SCHEMA_VERSION
+from sase_deploy.report.schema import SCHEMA_MINOR, SCHEMA_VERSION
 from sase_deploy.report.tolerances import (
     DEFAULT_TOLERANCES,
     Tolerances,
@@ -34,10 +46,10 @@ from sase_deploy.report.tolerances import (
 )
 
 SCHEMA_ID = "sase-deploy/report"
+RANDOM_INIT_WARNING = "random init: agreement numbers say nothing about accuracy"
 DEFAULT_BATCHES = (1, 8)
 
 Outputs = dict[str, np.ndarray]
-Stage = Callable[[str], None]
 
 
 @dataclass
@@ -47,6 +59,7 @@ class CompareOptions:
     data: `--data` source (None: the model's default). samples: how many inputs (None: the
     task's default). batches: latency batch sizes. runs / warmup: timed and untimed runs per
     latency row. tolerances: per precision (`parse_tolerances`). seed: for seeded inputs.
+    preprocess: image-folder preprocessing overrides (as `calibrate --size/--mean/...`).
     """
 
     data: str | None = None
@@ -56,6 +69,7 @@ class CompareOptions:
     warmup: int = DEFAULT_WARMUP
     tolerances: Tolerances = field(default_factory=lambda: DEFAULT_TOLERANCES)
     seed: int = 0
+    preprocess: Mapping[str, Any] | None = None
 
 
 def _accuracy_batch(
@@ -73,6 +87,25 @@ def _accuracy_batch(
     return fixed.pop() if fixed else None
 
 
+@contextlib.contextmanager
+def _counted(runner: Runner, progress: StageProgress) -> Iterator[Runner]:
+    """`runner` with each `infer` counted as a step of the open stage: accuracy batches and
+    latency runs (warm-up included) alike. Patched on the instance, not wrapped, so what the
+    latency rows read from the runner (threads, providers) is the runner's own."""
+    infer = runner.infer
+
+    def counted(feed: Feed) -> dict[str, np.ndarray]:
+        got = infer(feed)
+        progress.advance()
+        return got
+
+    setattr(runner, "infer", counted)  # noqa: B010 - mypy refuses assigning to a method
+    try:
+        yield runner
+    finally:
+        delattr(runner, "infer")
+
+
 def _run_all(runner: Runner, batches: list[dict[str, np.ndarray]], names: Sequence[str]) -> Outputs:
     """All batches through an active runner, outputs concatenated on axis 0."""
     collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -81,7 +114,7 @@ def _run_all(runner: Runner, batches: list[dict[str, np.ndarray]], names: Sequen
         missing = [n for n in names if n not in got]
         if missing:
             raise UserError(
-                f"{runner.name}: outputs {sorted(got)} do not include the reference's {missing}; "
+                f"{runner.label}: outputs {sorted(got)} do not include the reference's {missing}; "
                 "compare models exported from the same network"
             )
         for n in names:
@@ -92,12 +125,17 @@ def _run_all(runner: Runner, batches: list[dict[str, np.ndarray]], names: Sequen
 def _latency_rows(
     runner: Runner, data: list[dict[str, np.ndarray]], fixed: int | None, opts: CompareOptions
 ) -> list[dict[str, Any]]:
+    """One latency row per batch (the fixed batch, else each of `opts.batches`), each with the
+    runner's CPU threads and whether its spread or the machine's load makes it noisy."""
     rows = []
     pool = {k: np.concatenate([b[k] for b in data], axis=0) for k in data[0]}
+    threads = runner_threads(runner)
     for batch in (fixed,) if fixed else opts.batches:
         reps = -(-batch // len(next(iter(pool.values()))))
         feed = {k: np.concatenate([v] * reps, axis=0)[:batch] for k, v in pool.items()}
-        rows.append(measure_latency(runner, feed, runs=opts.runs, warmup=opts.warmup))
+        rows.append(
+            measure_latency(runner, feed, runs=opts.runs, warmup=opts.warmup, threads=threads)
+        )
     return rows
 
 
@@ -160,7 +198,7 @@ def compare(
     reference: Reference,
     candidates: Sequence[Candidate],
     options: CompareOptions | None = None,
-    on_stage: Stage | None = None,
+    progress: StageProgress | None = None,
 ) -> dict[str, Any]:
     """Run `reference` and every runnable candidate on the same inputs; the report document.
 
@@ -168,33 +206,45 @@ def compare(
         reference: from `load_reference`.
         candidates: from `resolve_candidates` (or built by `deploy`).
         options: data, samples, latency batches/runs, tolerances (see `CompareOptions`).
-        on_stage: called with a short description before each runner starts.
+        progress: a stage per runner (the reference, then each candidate), counting its
+            accuracy batches and latency runs; a candidate that cannot run here is a skipped
+            stage saying why. Default: quiet.
     """
     opts = options or CompareOptions()
-    stage = on_stage or (lambda _name: None)
+    progress = progress or QUIET
     if not candidates:
         raise UserError("nothing to compare: give at least one candidate (ONNX file or engine)")
     fixed = _accuracy_batch(candidates, opts.batches, reference.fixed_batch)
-    source: CalibrationSource = open_reference_data(reference, opts.data, opts.samples, opts.seed)
+    check_candidates_match(reference, candidates)  # before minutes of PyTorch, not after
+    source: CalibrationSource = open_reference_data(
+        reference, opts.data, opts.samples, opts.seed, opts.preprocess
+    )
     if fixed is not None:
         from sase_deploy.calibration.sources import FixedBatchSource
 
         source = FixedBatchSource(source, fixed)
     data = list(source.batches(fixed or max(opts.batches)))
     labels = source.labels()
-    stage(f"reference ({reference.backend})")
-    with reference.make_runner() as runner:
+    # every infer of a runner: the accuracy batches, then warm-up and timed runs per batch
+    steps = len(data) + len((fixed,) if fixed else opts.batches) * (opts.warmup + opts.runs)
+    progress.stage(f"reference ({reference.backend})", total=steps)
+    with reference.make_runner() as runner, _counted(runner, progress):
         ref_out = _run_all(runner, data, reference.output_names)
         ref_latency = _latency_rows(runner, data, fixed, opts)
+    progress.done()
     rows = []
     for c in candidates:
         row = _candidate_row(c)
         if c.blocker is None and c.make_runner is not None:
-            stage(f"{c.name} ({c.backend})")
-            with c.make_runner() as runner:
+            progress.stage(f"{c.name} ({c.backend})", total=steps)
+            with c.make_runner() as runner, _counted(runner, progress):
                 got = _run_all(runner, data, reference.output_names)
+                check_output_shapes(c.name, ref_out, got)
                 row["latency"] = _latency_rows(runner, data, fixed, opts)
             row.update(_judge(c, ref_out, got, reference, labels, opts))
+        else:
+            progress.stage(f"{c.name} ({c.backend})")
+        progress.done(row["reason"] if row["status"] == "not_run" else None)
         rows.append(row)
     return _document(
         reference, rows, source, fixed or max(opts.batches), labels, ref_out, ref_latency, opts
@@ -212,21 +262,25 @@ def _document(
     opts: CompareOptions,
 ) -> dict[str, Any]:
     failures = [f"{r['name']}: {r['reason']}" for r in rows if r["status"] == "fail"]
+    warnings = _warnings(reference, ref_latency, rows)
     primary = ref_out[reference.output_names[0]]
     ref_metrics = m.reference_metrics(primary, labels) if reference.task == "classification" else {}
     described = source.describe()
     return {
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
+        "schema_minor": SCHEMA_MINOR,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "verdict": "fail" if failures else "pass",
         "failures": failures,
+        "warnings": warnings,
         "environment": environment(),
         "model": {
             "name": reference.model_name or Path(reference.source.split(" ")[0]).stem,
             "task": reference.task,
             "reference": reference.name,
             "source": reference.source,
+            "weights": reference.weights,
             "inputs": [
                 {"name": i.name, "shape": ["batch", *i.shape[1:]], "dtype": str(i.dtype)}
                 for i in reference.inputs
@@ -254,3 +308,18 @@ def _document(
         },
         "candidates": rows,
     }
+
+
+def _warnings(
+    reference: Reference, ref_latency: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> list[str]:
+    """What makes the numbers less than they seem: a reference at random init (agreement with
+    an untrained network says nothing of accuracy) and latency rows measured on a busy machine."""
+    warnings = [RANDOM_INIT_WARNING] if reference.weights == "random-init" else []
+    engines = [(reference.name, ref_latency)] + [(r["name"], r["latency"]) for r in rows]
+    noisy = [f"{name} b{r['batch']}" for name, rs in engines for r in rs if r.get("noisy")]
+    if noisy:
+        warnings.append(
+            f"{NOISY_NOTE} unsteady latency for {', '.join(noisy)}; time again on an idle machine"
+        )
+    return warnings

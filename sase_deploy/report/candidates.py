@@ -14,10 +14,24 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sase_deploy.engines.base import Runner
+import numpy as np
+
+from sase_deploy.engines.base import (
+    FEED_FIX,
+    InputMetadata,
+    Outputs,
+    Runner,
+    describe_inputs,
+    feed_mismatch,
+)
 from sase_deploy.errors import UserError
+
+if TYPE_CHECKING:  # reference.py imports the runners; this module is read before them
+    import onnx
+
+    from sase_deploy.report.reference import Reference
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 BUILD_FACTS = ("backend", "engine_bytes", "layers", "build_seconds", "layer_types")
@@ -37,6 +51,8 @@ class Candidate:
     blocker: str | None = None
     make_runner: Callable[[], Runner] | None = field(default=None, repr=False)
     fixed_batch: int | None = None  # an ONNX exported with a fixed batch runs only at it
+    inputs: InputMetadata | None = None  # from its graph (an engine's built_onnx); None: unknown
+    outputs: tuple[str, ...] | None = None
 
 
 def manifest_beside(artifact: Path) -> Path:
@@ -82,10 +98,31 @@ def _onnx_candidate(path: Path, name: str) -> Candidate:
         return OrtCudaRunner(path) if backend == "onnxruntime-cuda" else OrtRunner(path)
 
     target = "cuda" if backend == "onnxruntime-cuda" else "cpu"
+    inputs, outputs = graph_io(model)
     return Candidate(
         name, path, "onnx", precision, backend, target, make_runner=make_runner,
-        fixed_batch=model_batch(graph_inputs(model)),
+        fixed_batch=model_batch(graph_inputs(model)), inputs=inputs, outputs=outputs,
     )  # fmt: skip
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[InputMetadata, tuple[str, ...]]:
+    """(inputs as `Runner.input_metadata` spells them, output names) of an ONNX graph."""
+    from sase_deploy.calibration.sources import graph_inputs
+
+    inputs: InputMetadata = {i.name: (i.dtype, i.shape) for i in graph_inputs(model)}
+    return inputs, tuple(o.name for o in model.graph.output)
+
+
+def _built_onnx_io(manifest: dict[str, Any]) -> tuple[InputMetadata | None, tuple[str, ...] | None]:
+    """The I/O of the graph an engine was built from, when that file is still readable."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = (manifest.get("built_onnx") or {}).get("path")
+    try:
+        return graph_io(onnx.load(str(path), load_external_data=False)) if path else (None, None)
+    except (OSError, ValueError, DecodeError):
+        return None, None
 
 
 def _build_facts(manifest: dict[str, Any], manifest_path: Path) -> dict[str, Any]:
@@ -137,9 +174,11 @@ def _artifact_candidate(path: Path, name: str, kind: str) -> Candidate:
 
         return TrtRunner(path, find_flavour(manifest["flavour"]["name"]))
 
+    inputs, outputs = _built_onnx_io(manifest)
     return Candidate(
-        name, path, kind, manifest["precision"], backend, target, facts, blocker, make_runner
-    )
+        name, path, kind, manifest["precision"], backend, target, facts, blocker, make_runner,
+        inputs=inputs, outputs=outputs,
+    )  # fmt: skip
 
 
 def resolve_candidates(paths: Sequence[Path]) -> list[Candidate]:
@@ -165,3 +204,60 @@ def resolve_candidates(paths: Sequence[Path]) -> list[Candidate]:
         if names.count(candidate.name) > 1:
             candidate.name = str(candidate.path)
     return found
+
+
+def check_candidates_match(reference: Reference, candidates: Sequence[Candidate]) -> None:
+    """Before anything runs: UserError when a runnable candidate takes other inputs than the
+    reference (names, count, dtypes, non-batch dims; the batch is `_accuracy_batch`'s) or its
+    outputs lack one of the reference's. Candidates whose I/O is unknown pass (their runner
+    checks each feed).
+
+    Args:
+        reference: from `load_reference`.
+        candidates: from `resolve_candidates`.
+    """
+    expected: InputMetadata = {
+        i.name: (np.dtype(i.dtype), (None, *i.shape[1:])) for i in reference.inputs
+    }
+    for c in candidates:
+        if c.blocker is not None:
+            continue
+        if c.inputs is not None:
+            unbatched = {n: (d, (None, *s[1:]) if s else s) for n, (d, s) in c.inputs.items()}
+            problem = feed_mismatch(unbatched, expected)
+            if problem is not None:
+                raise UserError(
+                    f"candidate {c.name} takes {describe_inputs(unbatched)} but the reference "
+                    f"takes {describe_inputs(expected)} ({problem}); {FEED_FIX}"
+                )
+        missing = [
+            n for n in reference.output_names if c.outputs is not None and n not in c.outputs
+        ]
+        if missing:
+            raise UserError(
+                f"candidate {c.name} returns {', '.join(c.outputs or ())} but the reference "
+                f"returns {', '.join(reference.output_names)} ({', '.join(missing)} missing); "
+                "compare models exported from the same network with the same output names "
+                "(sase-deploy export --output-name)"
+            )
+
+
+def check_output_shapes(label: str, reference: Outputs, got: Outputs) -> None:
+    """After a run: UserError when a candidate output's shape or kind (float / int / bool)
+    differs from the reference's, instead of a broadcasting error in the metrics.
+
+    Args:
+        label: the candidate's name.
+        reference: the reference's outputs (all batches).
+        got: the candidate's outputs for the same feeds.
+    """
+    for name, ref in reference.items():
+        value = got.get(name)
+        if value is None:
+            continue
+        if value.shape != ref.shape or value.dtype.kind != ref.dtype.kind:
+            raise UserError(
+                f"candidate {label} returns {name} {value.dtype}{list(value.shape)} but the "
+                f"reference returns {name} {ref.dtype}{list(ref.shape)}; compare models exported "
+                "from the same network with the same input shapes"
+            )

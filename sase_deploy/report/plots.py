@@ -85,6 +85,7 @@ def latency_svg(
     engines: Sequence[tuple[Series, Sequence[Mapping[str, Any]]]], batches: Sequence[int]
 ) -> str | None:
     """Grouped bars of p50 per engine per batch with a p95 whisker; None when nothing was timed.
+    A bar whose row is `noisy` is hatched.
 
     `engines` is ((label, colour), latency rows) per engine, the reference first.
     """
@@ -100,16 +101,18 @@ def latency_svg(
         ax = fig.add_subplot()
         width = 0.8 / len(timed)
         values: list[float] = []
+        any_noisy = False
         for i, ((label, col), by_batch) in enumerate(timed):
-            xs, p50s, ups = [], [], []
+            xs, p50s, ups, noisy = [], [], [], []
             for j, b in enumerate(batches):
                 if b in by_batch:
                     p50, p95 = by_batch[b]["p50_ms"], by_batch[b].get("p95_ms")
                     xs.append(j + (i - (len(timed) - 1) / 2) * width)
                     p50s.append(p50)
                     ups.append(max(p95 - p50, 0.0) if p95 is not None else 0.0)
+                    noisy.append(bool(by_batch[b].get("noisy")))
                     values += [p50, p50 + ups[-1]]
-            ax.bar(
+            bars = ax.bar(
                 xs,
                 p50s,
                 width * 0.9,
@@ -118,12 +121,19 @@ def latency_svg(
                 yerr=[[0.0] * len(ups), ups],
                 error_kw={"ecolor": "#333333", "capsize": 2, "elinewidth": 0.8},
             )
+            for patch, flagged in zip(bars.patches, noisy, strict=True):
+                if flagged:  # hatch lines take the edge colour
+                    patch.set_hatch("///")
+                    patch.set_edgecolor("#ffffff")
+            any_noisy = any_noisy or any(noisy)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
         positive = [v for v in values if v > 0]
         if positive and max(positive) / min(positive) > _LOG_SPREAD:
             ax.set_yscale("log")
             ax.set_ylim(bottom=min(positive) / 2)
         ax.set_ylabel("latency, ms (bar p50, whisker p95)")
+        if any_noisy:
+            ax.set_title("hatched: noisy: machine busy?", loc="left", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.legend(loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
         return to_svg(fig, "lat-")

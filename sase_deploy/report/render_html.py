@@ -22,6 +22,9 @@ h3{font-size:14px;margin:14px 0 6px}
 .banner{border-left:8px solid;border-radius:6px;padding:12px 16px}
 .banner.pass{background:#e6f4ea;border-color:#1e8e3e}.banner.fail{background:#fce8e6;border-color:#c5221f}
 .banner p{margin:4px 0 0}
+.warn{background:#fff4ce;border:2px solid #b06000;border-radius:6px;padding:8px 14px;
+ margin:0 0 10px;font-weight:600;color:#5c3300}
+.noisy{color:#b06000;font-weight:600}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -54,6 +57,7 @@ def render_html(doc: dict[str, Any]) -> str:
     title = f"sase-deploy parity: {doc.get('model', {}).get('name', '?')} — "
     title += str(doc.get("verdict", "unknown")).upper()
     body = [
+        _warnings(doc),
         _banner(doc),
         _facts(doc),
         _section("Candidates", _candidates(doc, plots)),
@@ -119,6 +123,13 @@ def _banner(doc: dict[str, Any]) -> str:
     )
 
 
+def _warnings(doc: dict[str, Any]) -> str:
+    # Above the verdict: a pass against a random-init reference, or on a busy machine, is not
+    # what it seems, and a reader must not have to scroll to learn that.
+    items = "".join(f'<p class="warn" role="alert">⚠ {_e(w)}</p>' for w in fmt.warnings(doc))
+    return f"<div>{items}</div>" if items else ""
+
+
 def _facts(doc: dict[str, Any]) -> str:
     model, data, settings = doc.get("model", {}), doc.get("data", {}), doc.get("settings", {})
     inputs = ", ".join(
@@ -128,6 +139,7 @@ def _facts(doc: dict[str, Any]) -> str:
     run = [
         ("model", model.get("name")),
         ("source", model.get("source")),
+        ("weights", model.get("weights")),
         ("inputs", inputs or None),
         ("outputs", ", ".join(map(str, model.get("outputs", []))) or None),
         ("data", data.get("source")),
@@ -172,8 +184,15 @@ def _latency(doc: dict[str, Any], plots: Any) -> str:
     headers, rows = fmt.latency_table(doc)
     if not rows:
         return ""
-    table = _table(headers, [[_e(c) for c in r] for r in rows])
+    table = _table(headers, [[_flagged(c) for c in r] for r in rows])
     return _section("Latency", (f'<figure class="plot">{svg}</figure>\n' if svg else "") + table)
+
+
+def _flagged(cell: str) -> str:
+    """An escaped latency cell; the noisy flag stands out (spreads are right-aligned numbers)."""
+    text = _e(cell)
+    flag = _e(fmt.NOISY)
+    return text.replace(flag, f'<span class="noisy">{flag}</span>') if flag in text else text
 
 
 def _label(cand: dict[str, Any]) -> str:

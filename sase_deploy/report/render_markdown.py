@@ -15,11 +15,17 @@ _STATUS_MARK = {"pass": "✅ ", "fail": "❌ ", "not_run": "⏭ ", "reference": 
 def render_markdown(doc: dict[str, Any]) -> str:
     """Render a report document as GitHub-flavoured Markdown.
 
-    Headline with the verdict, the failures, one table of candidates, one latency table and the
-    candidates that were not run with their reason and build facts. Nulls print as "—".
+    Warnings first (a random-init reference, noisy latency), then the headline with the verdict,
+    the failures, one table of candidates, one latency table and the candidates that were not
+    run with their reason and build facts. Nulls print as "—".
     """
     model = doc.get("model", {})
-    lines = [f"### sase-deploy parity: `{_code(model.get('name', '?'))}`", "", _headline(doc)]
+    lines = [f"### sase-deploy parity: `{_code(model.get('name', '?'))}`", ""]
+    for i, warning in enumerate(fmt.warnings(doc)):
+        # A bare '>' between them: consecutive quoted lines would join into one paragraph.
+        lines += [">"] if i else []
+        lines.append(f"> ⚠️ **{_line(warning)}**")
+    lines += ["", _headline(doc)] if fmt.warnings(doc) else [_headline(doc)]
     lines += _failures(doc.get("failures", []))
     lines += ["", *_candidates(doc)]
     lines += _latency(doc)
@@ -86,7 +92,13 @@ def _candidates(doc: dict[str, Any]) -> list[str]:
 
 def _latency(doc: dict[str, Any]) -> list[str]:
     headers, rows = fmt.latency_table(doc)
-    return ["", "Latency:", "", *_table(headers, rows)] if rows else []
+    if not rows:
+        return []
+    legend = (
+        "spread: how far the medians of 5 rounds of timed runs differ, relative to p50; "
+        f"`{fmt.NOISY}` when it is large or other processes held the cores."
+    )
+    return ["", "Latency:", "", *_table(headers, rows), "", legend]
 
 
 def _not_run(candidates: list[dict[str, Any]]) -> list[str]:

@@ -167,7 +167,7 @@ class GateWalker:
         # Shape operands (Reshape's shape, Expand's shape, Reduce axes) only need to be shapes.
         if index >= 1 and node.op in ("Reshape", "Expand", "Squeeze", "Unsqueeze", "Tile"):
             sub = self.classify(tensor)
-            return "const" if sub in ("const", "shape", "shape-calc") else sub
+            return "const" if sub in ("const", "shape") else sub
         if node.op in ("Gemm", "MatMul", "Conv") and index >= 1:
             return self._fail(f"{node.op} '{node.name}' has a non-constant weight")
         if node.op in ("Gather", "Concat", "Cast", "Slice") and self._is_shape_calc(node):

@@ -111,11 +111,6 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
-def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
-    outs = tensor.outputs
-    return outs[0] if len(outs) == 1 else None
-
-
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
@@ -211,34 +206,6 @@ def make_node(
         )
     )
     return output
-
-
-def make_conv(
-    graph: gs.Graph,
-    name: str,
-    x: gs.Tensor,
-    weight: np.ndarray,
-    bias: np.ndarray | None = None,
-    *,
-    output: gs.Variable | None = None,
-    strides: Sequence[int] | None = None,
-    pads: Sequence[int] | None = None,
-    dilations: Sequence[int] | None = None,
-    group: int = 1,
-) -> gs.Variable:
-    """A Conv node with constant float32 weight (and bias). Kernel size comes from `weight`."""
-    kernel = list(weight.shape[2:])
-    attrs: dict[str, Any] = {"kernel_shape": kernel, "group": int(group)}
-    if strides is not None:
-        attrs["strides"] = list(strides)
-    if pads is not None:
-        attrs["pads"] = list(pads)
-    if dilations is not None:
-        attrs["dilations"] = list(dilations)
-    inputs: list[gs.Tensor] = [x, make_constant(graph, f"{name}_W", weight.astype(np.float32))]
-    if bias is not None:
-        inputs.append(make_constant(graph, f"{name}_B", bias.astype(np.float32)))
-    return make_node(graph, "Conv", name, inputs, attrs=attrs, output=output)
 
 
 def detach(nodes: Sequence[gs.Node]) -> None:

@@ -97,6 +97,7 @@ def _rule_batch(
 ) -> tuple[onnx.ModelProto, dict[str, Any], list[Match[Any]]]:
     """One rule over the whole graph with self-check and per-match fallback."""
     candidate, matches, declines, errors = _apply(model, rule, None)
+    fused_by = _fused_inputs(model)
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
     stats: dict[str, float] = {}
@@ -119,12 +120,35 @@ def _rule_batch(
     entry = {
         "rule": rule.name,
         "matches": [_match_entry(m, status, reasons) for m in matches],
-        "declines": [{"anchor": d.anchor, "reason": d.reason} for d in declines],
+        "declines": [_decline_entry(d, fused_by) for d in declines],
         "applied": sum(1 for s in status.values() if s == "applied"),
         "reverted": sum(1 for s in status.values() if s == "reverted"),
         "self_check": stats,
     }
     return accepted, entry, matches
+
+
+def _fused_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> the rule whose fused block feeds it (emitted nodes are named `rule/...`).
+
+    A rule declining such a node is expected: it looked at what an earlier rule already wrote
+    (e.g. the SE-gate rule at the Mul that applies a fused SASE block's modulation)."""
+    prefixes = tuple(f"{r.name}/" for r in DEFAULT_RULES)
+    producer = {out: node.name for node in model.graph.node for out in node.output}
+    fed: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in [node.name, *(producer.get(i, "") for i in node.input)]:
+            if name.startswith(prefixes):
+                fed[node.name] = name.split("/", 1)[0]
+                break
+    return fed
+
+
+def _decline_entry(decline: Decline, fused_by: dict[str, str]) -> dict[str, Any]:
+    """A decline for the report; `expected` names the earlier fusion it looked at, if any."""
+    rule = fused_by.get(decline.anchor)
+    expected = f"it looks at a {rule} block fused earlier" if rule is not None else None
+    return {"anchor": decline.anchor, "reason": decline.reason, "expected": expected}
 
 
 def _isolate(

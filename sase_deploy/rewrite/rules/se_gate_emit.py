@@ -198,7 +198,7 @@ class GateEmitter:
         self.values[id(out)] = self._value(src)
 
     def _emit_linear(self, node: gs.Node) -> None:
-        src, _out = node.inputs[0], node.outputs[0]
+        src = node.inputs[0]
         weight = const_value(node.inputs[1])
         if weight is None or weight.ndim != 2:
             raise Unsupported(f"{node.op} '{node.name}' weight is not a constant matrix")
@@ -234,7 +234,6 @@ class GateEmitter:
         weight = const_value(node.inputs[1])
         if weight is None:
             raise Unsupported(f"Conv '{node.name}' weight is not constant")
-        bias = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
         rank = len(shape_of(src) or ())
         if rank == 3:  # ECA: Conv1d across channels, fed a (B, 1, C) view of the vector
             c = vector_channels(shape_of(src))
@@ -251,7 +250,6 @@ class GateEmitter:
         self.values[id(node.outputs[0])] = out
         if not self.dry_run:
             self.convs[id(out)] = out.inputs[0]
-        del weight, bias
 
     def _foldable_conv(self, tensor: gs.Tensor) -> gs.Node | None:
         """The emitted Conv producing canonical value of `tensor`, if only one user needs it."""
