@@ -179,8 +179,8 @@ def print_table(doc: dict[str, Any], console: Console | None = None) -> None:
     """The candidates as a rich table on stdout, within the console's width.
 
     While the table would not fit, the columns a name implies (backend, precision) go, then the
-    borders, then other cells wrap; when a name still cannot sit beside the other columns, each
-    candidate gets its name on a line of its own. Names are never shortened (one wider than the
+    borders; when it still does not fit on one line per candidate, each candidate gets its name
+    on a line of its own and its values on the next. Names are never shortened (one wider than the
     console folds over lines). The document's warnings are the caption.
 
     Args:
@@ -198,8 +198,7 @@ def print_table(doc: dict[str, Any], console: Console | None = None) -> None:
     tables = [_table(doc, columns, compact) for columns, compact in layouts]
     sizes = [Measurement.get(console, unbounded, t) for t in tables]
     fits = [t for t, m in zip(tables, sizes, strict=True) if m.maximum <= console.width]
-    # Then the narrowest layouts with their other cells wrapped, then a name per line.
-    fits += [t for t, m in zip(tables[2:], sizes[2:], strict=True) if m.minimum <= console.width]
+    # Cells wrapped over three lines read worse than a name on a line of its own.
     console.print(fits[0] if fits else _stacked(doc))
 
 
