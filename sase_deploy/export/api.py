@@ -73,7 +73,9 @@ class ExportOptions:
         opset: ONNX opset, 17 to 20.
         exporter: "dynamo", "torchscript", or "auto" (dynamo, then TorchScript on failure).
         fuse: run the SE-subgraph fusion pass.
-        tolerance: parity tolerance on max|onnx - torch| / max|torch|.
+        tolerance: parity tolerance on max|onnx - torch| / max|torch|. None: 1e-4, or twice
+            PyTorch's own float32 error against float64 where that is larger (measured when
+            1e-4 fails: float32 kernels differ by CPU); a value given is taken as it is.
         seed: seed of the parity inputs.
         external_data_threshold: above this many bytes the weights go to `NAME.onnx.data`.
     """
@@ -90,7 +92,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     exporter: Exporter = "auto"
     fuse: bool = True
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float | None = None
     seed: int = 0
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
 
@@ -106,7 +108,7 @@ class ExportOptions:
             raise UserError(
                 f"unknown exporter '{self.exporter}'; choose one of {', '.join(EXPORTERS)}"
             )
-        if not self.tolerance >= 0:
+        if self.tolerance is not None and not self.tolerance >= 0:
             raise UserError(f"--tolerance must be >= 0, got {self.tolerance}")
 
 
@@ -381,7 +383,8 @@ def _check(
             loaded.source.inputs,
             loaded.output_names,
             batches=batches,
-            tolerance=options.tolerance,
+            tolerance=DEFAULT_TOLERANCE if options.tolerance is None else options.tolerance,
+            noise_floor=options.tolerance is None,
             seed=options.seed,
             known=loaded.known_outputs,
         )
