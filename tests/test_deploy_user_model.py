@@ -188,3 +188,26 @@ def test_onnx_reference_refuses_input_shapes(tmp_path: Path, run_cli) -> None:
     assert "an ONNX reference carries its input shapes and names; drop --input-shape" in (
         result.stderr
     )
+
+
+@pytest.mark.slow
+def test_deploy_user_module_with_its_own_data(user_dir: Path, run_cli) -> None:
+    """--data for a user model: INT8 calibrates on it (no random-input note) and the
+    comparison runs on it, labels included, so accuracy is judged."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3, 16, 16)).astype(np.float32)
+    np.savez(user_dir / "data.npz", x=x, y=rng.integers(0, 10, 40))
+    result = run_cli(
+        "deploy", f"{MODULE}:small", "--input-shape", "1x3x16x16", "--data", "data.npz",
+        "--precisions", "fp32,int8", "-o", "out", *FAST, "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    notes = result.json()["models"][0]["notes"]
+    assert not any("random inputs" in n for n in notes)
+    assert "compared on the calibration data (--data); pass --eval-data for held-out" in notes
+    doc = json.loads((user_dir / "out" / "report.json").read_text())
+    assert doc["data"]["labels"] is True and doc["data"]["samples"] == 40
+    calib = json.loads((user_dir / "out" / "calibration" / "small.calib.json").read_text())
+    assert "data.npz" in json.dumps(calib)
