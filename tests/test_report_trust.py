@@ -183,7 +183,8 @@ def test_reference_weights_say_where_they_came_from(tmp_path: Path) -> None:
 def test_torch_runner_takes_and_restores_threads() -> None:
     import torch
 
-    from sase_deploy.engines.torch_runner import TorchRunner, cpu_threads
+    from sase_deploy.engines.base import cpu_threads
+    from sase_deploy.engines.torch_runner import TorchRunner
 
     before = torch.get_num_threads()
     runner = TorchRunner(torch.nn.Identity(), ["x"], ["y"], threads=before + 1)

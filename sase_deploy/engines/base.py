@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -23,13 +25,31 @@ FEED_FIX = (
 )
 
 
+def cpu_threads() -> int:
+    """The intra-op threads ONNX Runtime's CPU provider uses by default: one per physical core
+    this process may run on (ORT leaves hyper-threads idle). PyTorch is given the same number,
+    so a reference and its ONNX candidates are timed with equal parallelism."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in allowed:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:  # no sysfs (containers, macOS): count logical CPUs
+            return max(1, len(allowed))
+        cores.add((package, core))
+    return max(1, len(cores) or (os.cpu_count() or 1))
+
+
 class Runner(abc.ABC):
     """activate() loads the backend, infer() runs one feed, deactivate() frees it.
 
     `infer` checks the feed against `input_metadata()` (once, here, for every backend: a wrong
     name, dtype or shape is a UserError naming both sides rather than a backend traceback), then
     measures wall time around the backend call only (`last_inference_time`, seconds), so latency
-    numbers from different backends are comparable.
+    numbers from different backends are comparable. `on_infer`, when set, is called after each
+    inference (progress counting), outside the timed call.
     """
 
     name: str = "runner"
@@ -38,6 +58,7 @@ class Runner(abc.ABC):
         self.is_active = False
         self.last_inference_time: float | None = None
         self._inputs: InputMetadata | None = None
+        self.on_infer: Callable[[], None] | None = None
 
     @property
     def label(self) -> str:
@@ -64,7 +85,15 @@ class Runner(abc.ABC):
         start = time.perf_counter()
         outputs = self.infer_impl(feed)
         self.last_inference_time = time.perf_counter() - start
+        if self.on_infer is not None:
+            self.on_infer()
         return outputs
+
+    @property
+    def compute_threads(self) -> int | None:
+        """The intra-op CPU threads this runner computes with (the latency rows record it);
+        None (the default) for a GPU runner or one that cannot say."""
+        return None
 
     def input_metadata(self) -> InputMetadata | None:
         """The inputs the active backend takes: name -> (dtype, shape with None for dynamic

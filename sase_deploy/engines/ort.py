@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner
+from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner, cpu_threads
 from sase_deploy.errors import UserError, first_line
 
 # ORT's "tensor(float)" element names -> numpy (bfloat16 has none: its dtype is not checked)
@@ -68,6 +68,13 @@ class OrtRunner(Runner):
                 f"{self.label} cannot load the model: {first_line(exc)}; check it with "
                 "onnx.checker.check_model(m, full_check=True) or re-export it"
             ) from exc
+
+    @property
+    def compute_threads(self) -> int | None:
+        """The session's intra-op threads (its default when unset); None off the CPU."""
+        if self.providers[0] != "CPUExecutionProvider":
+            return None
+        return self.intra_op_threads or cpu_threads()
 
     @property
     def label(self) -> str:

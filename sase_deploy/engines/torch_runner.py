@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sase_deploy.engines.base import Feed, Outputs, Runner
+from sase_deploy.engines.base import Feed, Outputs, Runner, cpu_threads
 
-if TYPE_CHECKING:  # torch is imported when a runner is made, not when threads are counted
+if TYPE_CHECKING:  # torch is imported when a runner is made
     import torch
-
-
-def cpu_threads() -> int:
-    """The intra-op threads ONNX Runtime's CPU provider uses by default: one per physical core
-    this process may run on (ORT leaves hyper-threads idle). PyTorch is given the same number,
-    so a reference and its ONNX candidates are timed with equal parallelism."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    cores = set()
-    for cpu in allowed:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:  # no sysfs (containers, macOS): count logical CPUs
-            return max(1, len(allowed))
-        cores.add((package, core))
-    return max(1, len(cores) or (os.cpu_count() or 1))
 
 
 class TorchRunner(Runner):
@@ -62,6 +43,10 @@ class TorchRunner(Runner):
         self.device = torch.device(device)
         self.threads = threads if threads is not None else cpu_threads()
         self._previous_threads: int | None = None
+
+    @property
+    def compute_threads(self) -> int | None:
+        return self.threads
 
     def activate_impl(self) -> None:
         import torch

@@ -19,7 +19,7 @@ import numpy as np
 
 from sase_deploy._timing import QUIET, StageProgress
 from sase_deploy.calibration.sources import CalibrationSource
-from sase_deploy.engines.base import Feed, Runner
+from sase_deploy.engines.base import Runner
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
 from sase_deploy.report.candidates import (
@@ -33,7 +33,6 @@ from sase_deploy.report.latency import (
     DEFAULT_WARMUP,
     NOISY_NOTE,
     measure_latency,
-    runner_threads,
 )
 from sase_deploy.report.previews import previews
 from sase_deploy.report.reference import Reference, open_reference_data
@@ -90,20 +89,12 @@ def _accuracy_batch(
 @contextlib.contextmanager
 def _counted(runner: Runner, progress: StageProgress) -> Iterator[Runner]:
     """`runner` with each `infer` counted as a step of the open stage: accuracy batches and
-    latency runs (warm-up included) alike. Patched on the instance, not wrapped, so what the
-    latency rows read from the runner (threads, providers) is the runner's own."""
-    infer = runner.infer
-
-    def counted(feed: Feed) -> dict[str, np.ndarray]:
-        got = infer(feed)
-        progress.advance()
-        return got
-
-    setattr(runner, "infer", counted)  # noqa: B010 - mypy refuses assigning to a method
+    latency runs (warm-up included) alike, through the runner template's `on_infer` hook."""
+    runner.on_infer = progress.advance
     try:
         yield runner
     finally:
-        delattr(runner, "infer")
+        runner.on_infer = None
 
 
 def _run_all(runner: Runner, batches: list[dict[str, np.ndarray]], names: Sequence[str]) -> Outputs:
@@ -129,7 +120,7 @@ def _latency_rows(
     runner's CPU threads and whether its spread or the machine's load makes it noisy."""
     rows = []
     pool = {k: np.concatenate([b[k] for b in data], axis=0) for k in data[0]}
-    threads = runner_threads(runner)
+    threads = runner.compute_threads
     for batch in (fixed,) if fixed else opts.batches:
         reps = -(-batch // len(next(iter(pool.values()))))
         feed = {k: np.concatenate([v] * reps, axis=0)[:batch] for k, v in pool.items()}

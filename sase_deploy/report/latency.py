@@ -130,20 +130,6 @@ def round_spread(ms: np.ndarray) -> float | None:
     return (max(medians) - min(medians)) / p50 if p50 > 0 else None
 
 
-def runner_threads(runner: Runner) -> int | None:
-    """The intra-op CPU threads `runner` computes with: PyTorch's setting, ONNX Runtime's
-    session option (its default when unset), None for GPU runners."""
-    from sase_deploy.engines.torch_runner import cpu_threads
-
-    threads = getattr(runner, "threads", None)
-    if isinstance(threads, int):  # TorchRunner
-        return threads
-    providers = getattr(runner, "providers", None)
-    if providers is not None and tuple(providers)[:1] == ("CPUExecutionProvider",):
-        return getattr(runner, "intra_op_threads", None) or cpu_threads()
-    return None
-
-
 def _cpu_clock() -> tuple[float, float] | None:
     """(CPU-seconds all CPUs were busy, CPU-seconds of this process); None without /proc/stat."""
     try:
