@@ -98,14 +98,14 @@ def _onnx_candidate(path: Path, name: str) -> Candidate:
         return OrtCudaRunner(path) if backend == "onnxruntime-cuda" else OrtRunner(path)
 
     target = "cuda" if backend == "onnxruntime-cuda" else "cpu"
-    inputs, outputs = graph_io(model)
+    inputs, outputs = model_io(model)
     return Candidate(
         name, path, "onnx", precision, backend, target, make_runner=make_runner,
         fixed_batch=model_batch(graph_inputs(model)), inputs=inputs, outputs=outputs,
     )  # fmt: skip
 
 
-def graph_io(model: onnx.ModelProto) -> tuple[InputMetadata, tuple[str, ...]]:
+def model_io(model: onnx.ModelProto) -> tuple[InputMetadata, tuple[str, ...]]:
     """(inputs as `Runner.input_metadata` spells them, output names) of an ONNX graph."""
     from sase_deploy.calibration.sources import graph_inputs
 
@@ -113,14 +113,23 @@ def graph_io(model: onnx.ModelProto) -> tuple[InputMetadata, tuple[str, ...]]:
     return inputs, tuple(o.name for o in model.graph.output)
 
 
-def _built_onnx_io(manifest: dict[str, Any]) -> tuple[InputMetadata | None, tuple[str, ...] | None]:
-    """The I/O of the graph an engine was built from, when that file is still readable."""
+def _built_onnx_io(
+    manifest: dict[str, Any], folder: Path
+) -> tuple[InputMetadata | None, tuple[str, ...] | None]:
+    """The I/O of the graph an engine was built from, when that file is still readable: at its
+    recorded path, else by name in the engine's `folder` (the path was recorded relative to
+    where the build ran)."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    path = (manifest.get("built_onnx") or {}).get("path")
+    recorded = (manifest.get("built_onnx") or {}).get("path")
+    if not recorded:
+        return None, None
+    found = [p for p in (Path(recorded), folder / Path(recorded).name) if p.is_file()]
+    if not found:
+        return None, None
     try:
-        return graph_io(onnx.load(str(path), load_external_data=False)) if path else (None, None)
+        return model_io(onnx.load(str(found[0]), load_external_data=False))
     except (OSError, ValueError, DecodeError):
         return None, None
 
@@ -174,7 +183,7 @@ def _artifact_candidate(path: Path, name: str, kind: str) -> Candidate:
 
         return TrtRunner(path, find_flavour(manifest["flavour"]["name"]))
 
-    inputs, outputs = _built_onnx_io(manifest)
+    inputs, outputs = _built_onnx_io(manifest, manifest_path.parent)
     return Candidate(
         name, path, kind, manifest["precision"], backend, target, facts, blocker, make_runner,
         inputs=inputs, outputs=outputs,
