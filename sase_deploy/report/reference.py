@@ -156,8 +156,13 @@ def load_reference(
     inputs = tuple(
         GraphInput(i.name, (None, *i.shape[1:]), np.dtype(i.dtype)) for i in source.inputs
     )
-    names, ranks = _outputs(module, source.inputs, output_names or source.output_names)
-    task = source.spec.task if source.spec is not None else _task_from_outputs(None, ranks)
+    task: str
+    if source.spec is not None and source.output_names and not output_names:
+        # the registry knows the outputs and the task: no forward needed (a 1024 px generator)
+        names, task = tuple(source.output_names), source.spec.task
+    else:
+        names, ranks = _outputs(module, source.inputs, output_names or source.output_names)
+        task = source.spec.task if source.spec is not None else _task_from_outputs(None, ranks)
     weights = _weights_kind(given.checkpoint, checkpoint, name is not None)
     return Reference(
         "pytorch",
