@@ -38,11 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from sase_deploy.engines.build import PRECISIONS, BuildRequest, BuildResult, build
+from sase_deploy.engines.build import BuildResult, build
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.errors import ParityError, SaseDeployError, UserError
 from sase_deploy.export import export_model
 from sase_deploy.models.digits import digits_checkpoint_file
 from sase_deploy.models.registry import MODEL_SPECS, get_model_spec
+from sase_deploy.vocabulary import PRECISIONS
 
 DIGITS = ("se_resnet_digits", "sase_resnet_digits")
 COLUMNS = (
@@ -87,10 +89,9 @@ def calibration_data(name: str, folder: Path, samples: int) -> str:
     spec = get_model_spec(name)
     if spec.task == "generation":
         return "latent:0"
-    rng = np.random.default_rng(0)
-    arrays = {
-        i.name: rng.standard_normal((samples, *i.shape[1:])).astype(i.dtype) for i in spec.inputs
-    }
+    from sase_deploy.models.spec import sample_inputs
+
+    arrays = sample_inputs(spec.inputs, seed=0, batch=samples)
     path = folder / f"{name}.random{samples}.npz"
     np.savez(path, **arrays)
     return str(path)
@@ -98,22 +99,22 @@ def calibration_data(name: str, folder: Path, samples: int) -> str:
 
 def engine_row(name: str, precision: str, result: BuildResult) -> dict[str, Any]:
     manifest = result.manifest
-    types = manifest.get("layer_types") or {}
-    dtypes = manifest.get("tensor_dtypes") or {}
+    types = manifest.layer_types or {}
+    dtypes = manifest.tensor_dtypes or {}
     return {
         "model": name,
         "precision": precision,
         "parse_ok": "yes",
         "build_ok": "yes",
-        "layers": manifest.get("layers"),
+        "layers": manifest.layers,
         "qdq_layers": types.get("QUANTIZE", 0) + types.get("DEQUANTIZE", 0),
         "half_tensors": dtypes.get("HALF", 0),
-        "build_s": manifest.get("build_seconds"),
-        "engine_mb": round(manifest.get("engine_bytes", 0) / 1e6, 1),
+        "build_s": manifest.build_seconds,
+        "engine_mb": round((manifest.engine_bytes or 0) / 1e6, 1),
         "error": "",
         "cached": result.cached,
         "engine": str(result.artifact),
-        "built_onnx": manifest.get("built_onnx", {}).get("path"),
+        "built_onnx": str(manifest.built_onnx.path),
         "layer_types": types,
         "tensor_dtypes": dtypes,
     }
@@ -217,10 +218,10 @@ def median_ms(infer: Any, feed: dict[str, np.ndarray], warmup: int = 5, iters: i
 
 def time_on_gpu(rows: list[dict[str, Any]], out: Path) -> str:
     """Markdown table: PyTorch CUDA eager and ORT CUDA FP32 / FP16, ms per batch (1 and 8)."""
-    from sase_deploy.engines.ort import OrtCudaRunner
-    from sase_deploy.engines.torch_runner import TorchRunner
     from sase_deploy.models.registry import create_model
     from sase_deploy.models.spec import sample_inputs
+    from sase_deploy.runtime.ort import OrtCudaRunner
+    from sase_deploy.runtime.torch_runner import TorchRunner
 
     fp16 = {
         r["model"]: r["built_onnx"] for r in rows if r["precision"] == "fp16" and r.get("engine")

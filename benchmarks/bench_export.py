@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from sase_deploy import graph_io
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.export import export_model
 from sase_deploy.export.exporters import export_onnx
 from sase_deploy.models.registry import create_model, get_model_spec
 from sase_deploy.models.spec import sample_inputs
-from sase_deploy.report.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.ort import run_onnx
 
 STAGES = ("load", "export", "simplify", "fuse", "check", "parity")
 TARGETS_S = {"se_resnet50": 10.0}
@@ -54,8 +54,8 @@ def bench_exports(models: list[str], dynamic: bool, fuse: bool, folder: Path) ->
             )
             total = time.perf_counter() - start
             totals[exporter] = total
-            timings = result.manifest["timings_s"]
-            counts = result.manifest["node_counts"]
+            timings = result.manifest.timings_s
+            counts = result.manifest.node_counts
             target = TARGETS_S.get(name)
             verdict = "-" if target is None else ("ok" if total <= target else f"> {target:g}")
             print(

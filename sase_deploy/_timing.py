@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-StageCallback = Callable[[str], None]
+from sase_deploy.vocabulary import StageCallback
 
 
 class StageTimer:

@@ -18,8 +18,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from sase_deploy.engines.ort import OrtRunner
-from sase_deploy.report.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.ort import OrtRunner
 
 F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
 # An exact rewrite differs in float64 only by the float32 rounding of folded constants (each

@@ -8,15 +8,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import DigitsExports
 from onnx import helper, numpy_helper
 
-from sase_deploy.engines.flavours import find_flavour
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
-from sase_deploy.report.compare import compare_outputs, worst_relative
 from sase_deploy.report.tolerances import describe_failure, parse_tolerances, run_checks
+from sase_deploy.runtime.compare import (
+    compare_outputs,
+    data_range,
+    psnr,
+    top1_agreement,
+    worst_relative,
+)
 
-RTX = find_flavour("tensorrt-rtx")
 MODEL = "sase_resnet_digits"
 
 
@@ -107,6 +112,20 @@ def test_psnr_and_ssim_against_their_definitions() -> None:
     assert worse["ssim"] < out["ssim"] and worse["psnr_db"] < out["psnr_db"]
 
 
+def test_shared_psnr_and_top1_have_no_value_for_non_finite_results() -> None:
+    """One definition for the report and calibration's sensitivity: NaN/Inf never scores."""
+    ref = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    assert psnr(ref, ref, data_range(ref)) == float("inf")
+    assert psnr(ref, ref + 0.1, data_range(ref)) == pytest.approx(10 * np.log10(25 / 0.01))
+    assert psnr(ref, np.where(ref == 4.0, np.nan, ref), data_range(ref)) is None
+    assert psnr(np.full_like(ref, np.nan), ref, 1.0) is None  # a NaN reference: no PSNR either
+    assert psnr(ref, ref * 1e200, data_range(ref)) is None  # the squared error overflows
+    got = np.array([[0.0, 1.0, 9.0], [np.nan, 4.0, 9.0]])
+    assert top1_agreement(ref, got) == 0.5
+    # a plain argmax picks the NaN (index 2, the reference's class): guarded, it predicts none
+    assert top1_agreement(ref[[1]], np.array([[9.0, 0.0, np.nan]])) == 0.0
+
+
 # ---- tolerances ----------------------------------------------------------------------------
 
 
@@ -131,33 +150,27 @@ def test_checks_name_the_output_and_the_margin() -> None:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The digits model exported (fused, dynamic), FP16, INT8, and mutated copies."""
+def artifacts(
+    tmp_path_factory: pytest.TempPathFactory, digits_exports: DigitsExports
+) -> dict[str, Path]:
+    """The digits model exported (the session's: fused, dynamic, trained weights; only read),
+    and in this module's folder its FP16 and INT8 graphs and mutated copies."""
     from sase_deploy.calibration.api import calibrate_onnx, convert_onnx
-    from sase_deploy.export import export_model
     from sase_deploy.models.digits_data import write_digits_npz
 
     folder = tmp_path_factory.mktemp("compare")
-    fp32 = export_model(MODEL, folder / "d.onnx", checkpoint=_checkpoint(), dynamic_batch=True)
-    fp16 = convert_onnx(fp32.onnx_path, folder / "d.fp16.onnx", precision="fp16").output
+    fp32 = digits_exports.get(MODEL)
+    fp16 = convert_onnx(fp32, folder / f"{MODEL}.fp16.onnx", precision="fp16").output
     calib = write_digits_npz(folder / "calib.npz", "calibration")
-    int8 = calibrate_onnx(fp32.onnx_path, str(calib), folder / "calib").int8_onnx
+    int8 = calibrate_onnx(fp32, str(calib), folder / "calib").int8_onnx
     return {
-        "fp32": fp32.onnx_path,
+        "fp32": fp32,
         "fp16": fp16,
         "int8": int8,
-        "perturbed": _perturbed(fp32.onnx_path, folder / "perturbed.onnx"),
-        "overflow": _fp16_overflow(fp32.onnx_path, folder / "overflow.fp16.onnx"),
-        "dropped": _dropped_node(fp32.onnx_path, folder / "dropped.onnx"),
+        "perturbed": _perturbed(fp32, folder / "perturbed.onnx"),
+        "overflow": _fp16_overflow(fp32, folder / "overflow.fp16.onnx"),
+        "dropped": _dropped_node(fp32, folder / "dropped.onnx"),
     }
-
-
-def _checkpoint() -> Path:
-    from sase_deploy.report.reference import default_checkpoint
-
-    path = default_checkpoint(MODEL)
-    assert path is not None and path.is_file()
-    return path
 
 
 def _perturbed(src: Path, dest: Path) -> Path:
@@ -267,11 +280,12 @@ def test_an_onnx_reference_and_fp32_candidate_match(artifacts: dict[str, Path], 
     assert doc["model"]["task"] == "classification"
 
 
-@pytest.mark.skipif(not RTX.installed, reason=f"TensorRT-RTX: {RTX.reason}")
+@pytest.mark.rtx
 def test_an_engine_without_a_gpu_is_built_not_run(
     artifacts: dict[str, Path], tmp_path: Path, run_cli
 ) -> None:
-    from sase_deploy.engines.build import BuildRequest, build
+    from sase_deploy.engines.build import build
+    from sase_deploy.engines.request import BuildRequest
     from sase_deploy.engines.targets import local_target
 
     engine = build(BuildRequest(artifacts["fp32"], "rtx", tmp_path, precision="fp16")).artifact
@@ -288,12 +302,8 @@ def test_an_engine_without_a_gpu_is_built_not_run(
 
 @pytest.mark.tensorrt
 def test_engine_runs_on_the_gpu(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    from sase_deploy.engines.targets import local_target
-
-    gpu = local_target()
-    if gpu is None or not RTX.installed:
-        pytest.skip("needs an NVIDIA GPU and TensorRT-RTX to run an engine")
-    from sase_deploy.engines.build import BuildRequest, build
+    from sase_deploy.engines.build import build
+    from sase_deploy.engines.request import BuildRequest
     from sase_deploy.report.api import CompareOptions, compare
     from sase_deploy.report.candidates import resolve_candidates
     from sase_deploy.report.reference import load_reference

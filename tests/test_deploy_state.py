@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sase_deploy.deploy.state import STATE_FILE, STATE_FORMAT, DeployState, file_digest
+from sase_deploy.deploy.state import STATE_FILE, DeployState, file_digest
 
 FAST = ("--precisions", "fp32,fp16", "--runs", "2", "--warmup", "1", "--json")
 
@@ -41,15 +41,17 @@ def test_a_deploy_from_another_directory_skips_every_unchanged_stage(
     text = (a / "out" / STATE_FILE).read_text()
     assert str(tmp_path) not in text
     state = json.loads(text)
-    recorded = [p for entry in state["stages"].values() for p in entry["outputs"]]
+    recorded = [p for entry in state["stages"].values() for p in entry["outputs_sha256"]]
     assert "export/se_resnet_digits.onnx" in recorded
     assert all(not Path(p).is_absolute() and ".." not in Path(p).parts for p in recorded)
 
 
 def _old_state(out: Path, paths: dict[str, Path]) -> None:
-    """A state file as written before outputs were relative: paths as given to the deploy."""
+    """A state file as written before outputs were relative (format /1, as 0.2.0 wrote it too):
+    paths as given to the deploy."""
     stages = {name: {"key": "k", "outputs": {str(p): file_digest(p)}} for name, p in paths.items()}
-    (out / STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, "stages": stages}))
+    old = {"format": "sase-deploy.deploy-state/1", "stages": stages}
+    (out / STATE_FILE).write_text(json.dumps(old))
 
 
 def test_an_old_state_file_with_absolute_paths_still_skips(tmp_path: Path) -> None:
@@ -85,6 +87,6 @@ def test_outputs_are_recorded_relative_to_out_however_out_is_spelled(
     state = DeployState(Path("../A/out"))
     state.record("export", "k", [Path("../A/out/export/m.onnx")])
     saved = json.loads((tmp_path / "A" / "out" / STATE_FILE).read_text())
-    assert list(saved["stages"]["export"]["outputs"]) == ["export/m.onnx"]
+    assert list(saved["stages"]["export"]["outputs_sha256"]) == ["export/m.onnx"]
     monkeypatch.chdir(tmp_path / "A")
     assert DeployState(Path("out")).fresh("export", "k") == [Path("out/export/m.onnx")]

@@ -11,9 +11,6 @@ from pathlib import Path
 import onnx
 import pytest
 
-from sase_deploy.engines.flavours import find_flavour
-
-RTX = find_flavour("tensorrt-rtx")
 FAST = ("--runs", "2", "--warmup", "1", "--batch", "1,2")
 MODULE = "user_se_net_models"  # unique: the factory module is imported once per process
 
@@ -56,45 +53,79 @@ def _candidates(doc: dict) -> dict[tuple[str, str], dict]:
     return {(c["kind"], c["precision"]): c for c in doc["candidates"]}
 
 
+@pytest.fixture(scope="module")
+def se_net_deploy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The user's SE net deployed once with --triton from the folder holding its module, as a
+    user runs it: (that folder, the model's entry in deploy's --json summary)."""
+    import contextlib
+    import io
+
+    from sase_deploy.cli import main
+
+    folder = tmp_path_factory.mktemp("user")
+    (folder / f"{MODULE}.py").write_text(USER_MODULE)
+    args = ["deploy", f"{MODULE}:small", "--input-shape", "1x3x16x16", "-o", "out", "--triton",
+            *FAST, "--json"]  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        pytest.raises(SystemExit) as exc,
+    ):
+        patch.chdir(folder)
+        main(args)
+    assert exc.value.code == 0, err.getvalue()
+    return folder, json.loads(out.getvalue())["models"][0]
+
+
 @pytest.mark.slow
-def test_deploy_user_module_with_se_block(user_dir: Path, run_cli) -> None:
-    result = run_cli(
-        "deploy", f"{MODULE}:small", "--input-shape", "1x3x16x16", "-o", "out", "--triton",
-        *FAST, "--json",
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    summary = result.json()["models"][0]
+def test_deploy_user_module_with_se_block(
+    se_net_deploy: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    user_dir, summary = se_net_deploy
     assert summary["verdict"] == "pass"
     assert any("int8 calibrated on random inputs (no --data)" in n for n in summary["notes"])
     doc = json.loads((user_dir / "out" / "report.json").read_text())
     rows = _candidates(doc)
     for precision in ("fp32", "fp16", "int8"):
         assert rows["onnx", precision]["status"] == "pass"
-        if RTX.installed:
-            assert rows["engine", precision]["backend"] == "tensorrt-rtx"
     assert doc["model"]["inputs"][0]["shape"] == ["batch", 3, 16, 16]
     fusion = json.loads((user_dir / "out" / "export" / "small.manifest.json").read_text())
     assert fusion["fusion"]["report"]["blocks_found"] == {"se": 2}
     # dynamic batch by default: the accuracy batch (2) and batch-1 latency both ran
     assert [r["batch"] for r in rows["onnx", "fp32"]["latency"]] == [1, 2]
 
-    # Triton gets what stock Triton loads; the TensorRT-RTX engines are named as left out
+    # Triton gets what stock Triton loads
     configs = sorted((user_dir / "out" / "triton").glob("*/config.pbtxt"))
     assert [p.parent.name for p in configs] == ["small_fp16_onnx", "small_int8_onnx", "small_onnx"]
     assert all('platform: "onnxruntime_onnx"' in p.read_text() for p in configs)
     assert any(n.startswith("triton: wrote out/triton (") for n in summary["notes"])
-    if RTX.installed:
-        assert (
-            "triton: left out rtx/small.fp32.engine, rtx/small.fp16.engine, rtx/small.int8.engine: "
-            "TensorRT-RTX engines, which stock Triton's tensorrt_plan backend cannot load"
-        ) in " ".join(summary["notes"])
 
     # compare against PyTorch without --input-shape: the shapes come from the export
+    monkeypatch.chdir(user_dir)
     compared = run_cli(
         "compare", f"{MODULE}:small", "out/calibration/small.int8.onnx", *FAST, "--json"
     )
     assert compared.code == 0, compared.stderr
     assert compared.json()["verdict"] == "pass"
+
+
+@pytest.mark.slow
+@pytest.mark.rtx
+def test_user_module_engines_are_built_and_left_out_of_triton(
+    se_net_deploy: tuple[Path, dict],
+) -> None:
+    """With TensorRT-RTX installed, each precision gets an engine; the Triton repository names
+    them as left out (stock Triton's tensorrt_plan backend cannot load them)."""
+    user_dir, summary = se_net_deploy
+    rows = _candidates(json.loads((user_dir / "out" / "report.json").read_text()))
+    for precision in ("fp32", "fp16", "int8"):
+        assert rows["engine", precision]["backend"] == "tensorrt-rtx"
+    assert (
+        "triton: left out rtx/small.fp32.engine, rtx/small.fp16.engine, rtx/small.int8.engine: "
+        "TensorRT-RTX engines, which stock Triton's tensorrt_plan backend cannot load"
+    ) in " ".join(summary["notes"])
 
 
 @pytest.mark.slow

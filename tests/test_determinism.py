@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from sase_deploy.engines.flavours import find_flavour
 from sase_deploy.models.digits import digits_checkpoint_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -29,10 +28,8 @@ VOLATILE = {
     "build_seconds": "builder wall time (build manifest)",
 }
 # Engines only: TensorRT-RTX engines of one request differ in a few bytes (same size) per build.
-VOLATILE_ENGINE = {"artifact_sha256": "TensorRT-RTX engine bytes are not reproducible"}
+VOLATILE_ENGINE = {"sha256": "TensorRT-RTX engine bytes are not reproducible"}
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
-
-RTX = find_flavour("tensorrt-rtx")
 
 
 def normalised(path: Path, folder: Path, volatile: dict[str, str] = VOLATILE) -> Any:
@@ -191,8 +188,8 @@ def test_calibrate_is_reproducible_across_hash_seeds(
 @pytest.mark.parametrize(
     ("target", "precision"),
     [
-        pytest.param("l4", "fp16", marks=pytest.mark.skipif(not RTX.installed, reason="no RTX")),
-        pytest.param("l4", "int8", marks=pytest.mark.skipif(not RTX.installed, reason="no RTX")),
+        pytest.param("l4", "fp16", marks=pytest.mark.rtx),
+        pytest.param("l4", "int8", marks=pytest.mark.rtx),
         ("orin-nano", "int8"),  # a bundle: every file, byte for byte
     ],
 )

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from sase_deploy.calibration.sources import GraphInput, array_file_source
+from sase_deploy.calibration.sources import array_file_source
 from sase_deploy.errors import UserError
+from sase_deploy.graph_io import GraphInput
 from sase_deploy.models import digits, digits_data
 from sase_deploy.models.digits_data import (
     TRAIN_PIXEL_MEAN,

@@ -7,19 +7,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from helpers import DigitsExports
 
-from sase_deploy.engines.build import BuildRequest, build, graph_precision, plan_backend
-from sase_deploy.engines.flavours import find_flavour
+from sase_deploy.engines.build import build, graph_precision, plan_backend
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.engines.targets import get_target
 from sase_deploy.errors import UserError
-from sase_deploy.models.digits import digits_checkpoint_file
-
-RTX = find_flavour("tensorrt-rtx")
-needs_rtx = pytest.mark.skipif(not RTX.installed, reason=f"TensorRT-RTX: {RTX.reason}")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -29,24 +27,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both trained digits models, fused, dynamic batch, and 256 calibration samples."""
-    from sase_deploy.export import export_model
+def digits(
+    tmp_path_factory: pytest.TempPathFactory, digits_exports: DigitsExports
+) -> dict[str, Path]:
+    """Both trained digits models, fused, dynamic batch (the session's exports: only read,
+    builds write elsewhere), and 256 calibration samples."""
     from sase_deploy.models.digits_data import load_digits_split
 
-    folder = tmp_path_factory.mktemp("digits")
-    paths = {}
-    for name in ("se_resnet_digits", "sase_resnet_digits"):
-        out = folder / f"{name}.onnx"
-        export_model(name, out, checkpoint=digits_checkpoint_file(name), dynamic_batch=True)
-        paths[name] = out
+    paths = {name: digits_exports.get(name) for name in ("se_resnet_digits", "sase_resnet_digits")}
     split = load_digits_split()
-    np.savez(folder / "calib.npz", x=split.x_train[:256], y=split.y_train[:256])
-    paths["data"] = folder / "calib.npz"
+    paths["data"] = tmp_path_factory.mktemp("digits") / "calib.npz"
+    np.savez(paths["data"], x=split.x_train[:256], y=split.y_train[:256])
     return paths
 
 
-@needs_rtx
+@pytest.mark.rtx
 @pytest.mark.parametrize("model", ["se_resnet_digits", "sase_resnet_digits"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_rtx_engine_builds_on_cpu(
@@ -57,10 +52,10 @@ def test_rtx_engine_builds_on_cpu(
     )
     result = build(request)
     assert result.backend == "tensorrt-rtx" and not result.cached
-    assert result.artifact.stat().st_size == result.manifest["engine_bytes"] > 10_000
-    types, dtypes = result.manifest["layer_types"], result.manifest["tensor_dtypes"]
+    assert result.artifact.stat().st_size == result.manifest.engine_bytes > 10_000
+    types, dtypes = result.manifest.layer_types, result.manifest.tensor_dtypes
     assert types["CONVOLUTION"] >= 10
-    built = onnx.load(result.manifest["built_onnx"]["path"], load_external_data=False)
+    built = onnx.load(str(result.manifest.built_onnx.path), load_external_data=False)
     assert graph_precision(built) == precision
     if precision == "int8":
         assert types["QUANTIZE"] > 0 and types["DEQUANTIZE"] > 0 and dtypes["INT8"] > 0
@@ -68,11 +63,11 @@ def test_rtx_engine_builds_on_cpu(
         assert dtypes["HALF"] > 0 and "QUANTIZE" not in types
     else:
         assert set(dtypes) <= {"FLOAT", "INT64", "INT32", "BOOL"}
-    ((low, _, high),) = result.manifest["profile"].values()
+    ((low, _, high),) = (result.manifest.profile or {}).values()
     assert low[0] == 1 and high[0] == 8
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_identical_build_is_a_cache_hit_and_a_change_rebuilds(
     digits: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -80,16 +75,16 @@ def test_identical_build_is_a_cache_hit_and_a_change_rebuilds(
     first = build(request)
     again = build(request)
     assert again.cached and again.artifact == first.artifact
-    assert again.manifest["cache_key"] == first.manifest["cache_key"]
+    assert again.manifest.cache_key == first.manifest.cache_key
     other = build(BuildRequest(digits["se_resnet_digits"], "rtx4090", tmp_path, "fp16",
                                batch=(1, 4, 16)))  # fmt: skip
-    assert not other.cached and other.manifest["cache_key"] != first.manifest["cache_key"]
+    assert not other.cached and other.manifest.cache_key != first.manifest.cache_key
     first.artifact.write_bytes(b"truncated")  # a damaged engine is rebuilt, never reused
     assert not build(BuildRequest(digits["se_resnet_digits"], "rtx4090", tmp_path, "fp16",
                                   batch=(1, 4, 16))).cached  # fmt: skip
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_cli_build_json_then_cached(digits: dict[str, Path], tmp_path: Path) -> None:
     args = ["build", str(digits["se_resnet_digits"]), "--target", "a100", "-o", str(tmp_path)]
     first = _cli(*args, "--json")
@@ -134,7 +129,7 @@ def test_impossible_requests_exit_2(
     assert not any(p.suffix == ".engine" for p in tmp_path.rglob("*"))
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_parser_rejection_names_the_node(tmp_path: Path) -> None:
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("NotAnOp", ["x"], ["y"], name="mystery_0", domain="acme")],
@@ -160,53 +155,41 @@ def test_plan_backend_never_uses_rtx_for_jetson_or_sm90() -> None:
         plan_backend(get_target("orin-agx"), "tensorrt-rtx", None)
 
 
-def test_targets_and_doctor_json() -> None:
+def test_targets_and_doctor_json(rtx: Any) -> None:
     targets = json.loads(_cli("targets", "--json").stdout)
     names = {t["name"] for t in targets["targets"]}
     assert {"h100", "a100", "l4", "t4", "rtx4090", "rtx5090", "orin-nano", "xavier-nx"} <= names
     doctor = _cli("doctor", "--json")
     assert doctor.returncode == 0, doctor.stderr
     facts = json.loads(doctor.stdout)
-    assert facts["flavours"]["tensorrt-rtx"]["installed"] == RTX.installed
+    assert facts["flavours"]["tensorrt-rtx"]["installed"] == rtx.installed
     assert set(facts["targets"]) == names
     if facts["gpu"] is None:
         assert any(item["what"] == "GPU" for item in facts["missing"])
 
 
-def _gpu_reason() -> str | None:
-    from sase_deploy.engines.targets import local_target
-
-    return None if local_target() is not None else "no NVIDIA GPU on this machine"
-
-
 @pytest.mark.tensorrt
-@pytest.mark.skipif(
-    _gpu_reason() is not None or not RTX.installed,
-    reason=f"running an engine needs a GPU: {_gpu_reason()}; TensorRT-RTX: {RTX.reason or 'ok'}",
-)
-def test_rtx_engine_runs_and_matches_onnx(digits: dict[str, Path], tmp_path: Path) -> None:
-    from sase_deploy.engines.ort import run_onnx
+def test_rtx_engine_runs_and_matches_onnx(
+    digits: dict[str, Path], tmp_path: Path, rtx: Any
+) -> None:
     from sase_deploy.engines.tensorrt import TrtRunner
-    from sase_deploy.report.compare import compare_outputs, worst_relative
+    from sase_deploy.runtime.compare import compare_outputs, worst_relative
+    from sase_deploy.runtime.ort import run_onnx
 
     local = get_target("local")
     result = build(BuildRequest(digits["se_resnet_digits"], "local", tmp_path, "fp32",
                                 backend="tensorrt-rtx"))  # fmt: skip
     feed = {"x": np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)}
-    with TrtRunner(result.artifact, RTX) as runner:
+    with TrtRunner(result.artifact, rtx) as runner:
         got = runner.infer(feed)
-    assert local.compute_capability in RTX.compute_capabilities
+    assert local.compute_capability in rtx.compute_capabilities
     assert worst_relative(compare_outputs(run_onnx(digits["se_resnet_digits"], feed), got)) < 1e-3
 
 
 @pytest.mark.cuda
 def test_ort_cuda_runner_uses_the_gpu(digits: dict[str, Path]) -> None:
-    from sase_deploy.engines.doctor import cuda_runs_here
-    from sase_deploy.engines.ort import OrtCudaRunner, run_onnx
+    from sase_deploy.runtime.ort import OrtCudaRunner, run_onnx
 
-    ok, why = cuda_runs_here()
-    if not ok:
-        pytest.skip(why)
     feed = {"x": np.zeros((2, 1, 8, 8), np.float32)}
     with OrtCudaRunner(digits["se_resnet_digits"]) as runner:
         got = runner.infer(feed)
@@ -214,7 +197,7 @@ def test_ort_cuda_runner_uses_the_gpu(digits: dict[str, Path]) -> None:
     assert np.allclose(got["logits"], want["logits"], atol=1e-3)
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_builder_rejection_says_why(digits: dict[str, Path], tmp_path: Path) -> None:
     """TensorRT-RTX cannot compile FP32 GEMM for Turing: exit 2 with the builder's reason and
     what to build instead; nothing is left in the output folder (no folder, no lock file)."""
@@ -230,7 +213,7 @@ def test_builder_rejection_says_why(digits: dict[str, Path], tmp_path: Path) -> 
     assert fp16.backend == "tensorrt-rtx" and fp16.artifact.is_file()
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_builds_leave_no_lock_files(digits: dict[str, Path], tmp_path: Path) -> None:
     request = BuildRequest(digits["se_resnet_digits"], "l4", tmp_path, "fp16")
     assert not build(request).cached and build(request).cached
@@ -267,7 +250,7 @@ def test_lock_is_exclusive_and_removed(tmp_path: Path) -> None:
     assert not lock.exists()
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_fp16_graph_is_shared_not_copied(digits: dict[str, Path], tmp_path: Path) -> None:
     """The FP16 graph `convert` wrote beside the source, and the one built for another target,
     are hard-linked into the engine folder and the bundle, not copied; the manifest records
@@ -285,41 +268,42 @@ def test_fp16_graph_is_shared_not_copied(digits: dict[str, Path], tmp_path: Path
     out = tmp_path / "engines"
     l4, a100, h100 = (build(BuildRequest(source, t, out, "fp16")) for t in ("l4", "a100", "h100"))
     shipped = h100.artifact / "m.fp16.onnx"
-    graphs = [Path(r.manifest["built_onnx"]["path"]) for r in (l4, a100, h100)]
+    graphs = [r.manifest.built_onnx.path for r in (l4, a100, h100)]
     assert graphs == [out / t / "m.fp16.onnx" for t in ("l4", "a100", "h100")]
     assert all(g.samefile(beside) for g in [*graphs, shipped]) and beside.stat().st_nlink == 5
-    assert l4.manifest["built_onnx"]["shared_with"] == str(beside)
-    assert l4.manifest["built_onnx"]["sha256"] == sha256_model(graphs[0])
+    assert l4.manifest.built_onnx.shared_with == beside
+    assert l4.manifest.built_onnx_sha256 == sha256_model(graphs[0])
     beside.unlink()  # the engine folder keeps its name for the graph
-    assert sha256_model(graphs[0]) == l4.manifest["built_onnx"]["sha256"]
+    assert sha256_model(graphs[0]) == l4.manifest.built_onnx_sha256
     assert build(BuildRequest(source, "l4", out, "fp16")).cached
     source.write_bytes(digits["sase_resnet_digits"].read_bytes())  # another network: rebuilt
     again = build(BuildRequest(source, "l4", out, "fp16"))
     assert not again.cached and not graphs[0].samefile(graphs[1])
-    assert again.manifest["built_onnx"]["sha256"] == sha256_model(graphs[0])
+    assert again.manifest.built_onnx_sha256 == sha256_model(graphs[0])
 
 
-@needs_rtx
+@pytest.mark.rtx
 @pytest.mark.parametrize("model", ["se_resnet_digits", "sase_resnet_digits"])
 @pytest.mark.parametrize(("fuse", "dynamic"), [(False, False), (False, True), (True, False)])
 def test_every_export_variant_builds(
-    digits: dict[str, Path], tmp_path: Path, model: str, fuse: bool, dynamic: bool
+    digits: dict[str, Path],
+    digits_exports: DigitsExports,
+    tmp_path: Path,
+    model: str,
+    fuse: bool,
+    dynamic: bool,
 ) -> None:
     """Unfused and static exports too (the fused dynamic ones are built above), FP32 and INT8
-    (a static export calibrates at its own batch)."""
-    from sase_deploy.export import export_model
-
-    onnx_path = tmp_path / f"{model}.onnx"
-    export_model(model, onnx_path, checkpoint=digits_checkpoint_file(model), fuse=fuse,
-                 dynamic_batch=dynamic)  # fmt: skip
+    (a static export, the default fixed batch 1, calibrates at its own batch)."""
+    onnx_path = digits_exports.get(model, batch=None if dynamic else 1, fuse=fuse)
     for precision in ("fp32", "int8"):
         result = build(BuildRequest(onnx_path, "l4", tmp_path / "e", precision,
                                     data=str(digits["data"]), samples=32))  # fmt: skip
-        assert result.manifest["layers"] > 20
-        assert (result.manifest["profile"] is not None) == dynamic
+        assert (result.manifest.layers or 0) > 20
+        assert (result.manifest.profile is not None) == dynamic
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_concurrent_builds_of_one_artifact(digits: dict[str, Path], tmp_path: Path) -> None:
     """Two processes asking for the same engine at once: one builds, the other waits on the
     lock and finds it cached; the engine and manifest are whole."""
@@ -331,20 +315,20 @@ def test_concurrent_builds_of_one_artifact(digits: dict[str, Path], tmp_path: Pa
     assert sorted(r["cached"] for r in results) == [False, True]
     manifest = json.loads(Path(results[0]["manifest"]).read_text())
     engine = Path(results[0]["artifact"])
-    assert hashlib.sha256(engine.read_bytes()).hexdigest() == manifest["artifact_sha256"]
+    assert hashlib.sha256(engine.read_bytes()).hexdigest() == manifest["sha256"]
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
-@needs_rtx
-def test_engines_deserialise_without_host_code_unless_asked() -> None:
+@pytest.mark.rtx
+def test_engines_deserialise_without_host_code_unless_asked(rtx: Any) -> None:
     from sase_deploy.engines.tensorrt import TrtRunner, engine_runtime
 
-    assert engine_runtime(RTX).engine_host_code_allowed is False
-    assert engine_runtime(RTX, allow_host_code=True).engine_host_code_allowed is True
-    assert TrtRunner(b"", RTX).allow_host_code is False
+    assert engine_runtime(rtx).engine_host_code_allowed is False
+    assert engine_runtime(rtx, allow_host_code=True).engine_host_code_allowed is True
+    assert TrtRunner(b"", rtx).allow_host_code is False
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_calibration_of_another_model_is_refused(digits: dict[str, Path], tmp_path: Path) -> None:
     from sase_deploy.calibration import calibrate_onnx
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sase_deploy._io import sha256_file
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.errors import ParityError, UserError
 from sase_deploy.export import export_model
+from sase_deploy.runtime.ort import run_onnx
 
 HERE = Path(__file__).parent
 
@@ -68,7 +68,7 @@ def test_manifest_records_source_versions_parity_and_counts(tmp_path: Path):
     assert result.manifest_path == tmp_path / "se.manifest.json"
     assert manifest["status"] == "ok"
     assert manifest["onnx"] == "se.onnx"
-    assert manifest["onnx_sha256"] == sha256_file(out)
+    assert manifest["sha256"] == sha256_file(out)
     assert manifest["source"] == {
         "model": "export_user_models:user_se_linear",
         "kind": "factory",
@@ -115,11 +115,11 @@ def test_uneven_adaptive_pool_is_lowered_and_exact(tmp_path: Path):
         dynamic_batch=True,
         fuse=False,
     )
-    lowered = {entry["module"] for entry in result.manifest["lowerings"]}
+    lowered = {entry["module"] for entry in result.manifest.lowerings}
     assert lowered == {"1.pools.1", "1.pools.2"}  # 7 -> 2 and 7 -> 4 are uneven, 7 -> 1 is not
-    assert result.manifest["exporter"] == "torchscript"  # it refuses uneven pools unlowered
+    assert result.manifest.exporter == "torchscript"  # it refuses uneven pools unlowered
     assert "Gather" not in _ops(out) and "MatMul" in _ops(out)
-    assert result.manifest["parity"]["worst_rel_max_abs"] <= 1e-5
+    assert result.manifest.parity["worst_rel_max_abs"] <= 1e-5
 
 
 def test_dynamo_failure_falls_back_to_torchscript_with_a_note(tmp_path: Path):
@@ -130,10 +130,10 @@ def test_dynamo_failure_falls_back_to_torchscript_with_a_note(tmp_path: Path):
         fuse=False,
     )
     manifest = result.manifest
-    assert manifest["exporter"] == "torchscript"
-    assert manifest["exporter_failures"][0]["exporter"] == "dynamo"
-    assert "fell back to the torchscript exporter" in manifest["notes"][0]
-    assert manifest["parity"]["passed"]
+    assert manifest.exporter == "torchscript"
+    assert manifest.exporter_failures[0]["exporter"] == "dynamo"
+    assert "fell back to the torchscript exporter" in manifest.notes[0]
+    assert manifest.parity["passed"]
 
 
 def test_explicit_dynamo_exporter_does_not_fall_back(run_cli, tmp_path: Path):
@@ -176,7 +176,7 @@ def test_spectral_norm_is_baked_and_glu_exports(tmp_path: Path):
     assert not any(
         "orig" in init.name or init.name.endswith("_u") for init in model.graph.initializer
     )
-    assert result.manifest["parity"]["worst_rel_max_abs"] <= 1e-5
+    assert result.manifest.parity["worst_rel_max_abs"] <= 1e-5
 
 
 def test_multiple_inputs_and_outputs_with_names(tmp_path: Path):
@@ -190,10 +190,10 @@ def test_multiple_inputs_and_outputs_with_names(tmp_path: Path):
         fuse=False,
     )
     manifest = result.manifest
-    assert [i["name"] for i in manifest["inputs"]] == ["z", "noise"]
-    assert [o["name"] for o in manifest["outputs"]] == ["img", "gated"]
-    assert manifest["outputs"][1]["shape"] == ["batch", 1, 4, 2]
-    assert manifest["parity"]["passed"]
+    assert [i["name"] for i in manifest.inputs] == ["z", "noise"]
+    assert [o["name"] for o in manifest.outputs] == ["img", "gated"]
+    assert manifest.outputs[1]["shape"] == ["batch", 1, 4, 2]
+    assert manifest.parity["passed"]
 
 
 def test_torchscript_file_input(run_cli, tmp_path: Path):
@@ -251,7 +251,7 @@ def test_external_data_stays_beside_the_model(tmp_path: Path):
         external_data_threshold=0,
         fuse=False,
     )
-    assert result.manifest["external_data"] == "big.onnx.data"
+    assert result.manifest.external_data == "big.onnx.data"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "big.manifest.json",
         "big.onnx",
@@ -319,7 +319,7 @@ def test_tolerance_is_configurable(tmp_path: Path):
         tolerance=10.0,
     )
     assert result.passed and result.onnx_path.name == "t.onnx"
-    assert result.manifest["parity"]["tolerance"] == 10.0
+    assert result.manifest.parity["tolerance"] == 10.0
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_generator_noise_modes_export_without_random_ops(noise: str, tmp_path: P
     names = [i.name for i in model.graph.input]
     assert names == [i.name for i in spec.input_specs(noise=noise)]
     assert (len(names) > 1) == (noise == "input")  # z plus one input per noise site
-    assert result.manifest["parity"]["passed"]
+    assert result.manifest.parity["passed"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from sase_deploy.errors import UserError
-from sase_deploy.export import export_model, parse_model_args, parse_shape
+from sase_deploy.export import export_model
 from sase_deploy.export.exporters import Exporter
 from sase_deploy.export.graph import random_nodes
 from sase_deploy.export.lowering import (
@@ -23,6 +23,7 @@ from sase_deploy.export.lowering import (
 )
 from sase_deploy.graph_io import name_nodes
 from sase_deploy.models.pooling import ExportableAdaptiveAvgPool2d
+from sase_deploy.models.source import parse_model_args, parse_shape
 
 
 def test_parse_shape():
@@ -168,14 +169,14 @@ def test_functional_uneven_pool_exports_with_either_exporter(exporter: Exporter,
         fuse=False,
     )
     manifest = result.manifest
-    assert manifest["exporter"] == exporter
-    assert [(e["module"], e["original"]) for e in manifest["lowerings"]] == [
+    assert manifest.exporter == exporter
+    assert [(e["module"], e["original"]) for e in manifest.lowerings] == [
         ("", "F.adaptive_avg_pool2d(3x3) in forward")
     ]
     ops = {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
     assert ops == {"Conv", "MatMul"}
-    assert [run["batch"] for run in manifest["parity"]["runs"]] == [1, 4]
-    assert manifest["parity"]["worst_rel_max_abs"] <= 1e-5
+    assert [run["batch"] for run in manifest.parity["runs"]] == [1, 4]
+    assert manifest.parity["worst_rel_max_abs"] <= 1e-5
 
 
 def _graph_with(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:

@@ -12,8 +12,8 @@ from torch import nn
 
 from sase_deploy.calibration.fp16 import convert_fp16, fp16_keep_list
 from sase_deploy.calibration.graph import named_copy
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.models.sase import SASEConv2d
+from sase_deploy.runtime.ort import run_onnx
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

@@ -19,13 +19,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
+from helpers import DigitsExports, copy_export
 
 from sase_deploy.models.digits import digits_checkpoint_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+STEM = "se_resnet_digits"  # the artifacts' names start with the model file's
 
 # The CLI with os.replace into $SLOW_DIR held up (after writing $MARKER) until it is killed.
 SLOW_RENAME = """
@@ -147,7 +150,7 @@ def check_complete(out: Path, old: dict[str, str]) -> None:
             assert read_cache(path)
         else:
             manifest = json.loads(path.with_name(path.stem + ".manifest.json").read_text())
-            assert manifest["artifact_sha256"] == digest, f"{name} is half-written"
+            assert manifest["sha256"] == digest, f"{name} is half-written"
 
 
 def rerun(args: list[str], cwd: Path, out: Path) -> None:
@@ -160,27 +163,27 @@ def rerun(args: list[str], cwd: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A trained digits model (dynamic batch) and 128 calibration samples."""
-    from sase_deploy.export import export_model
+def digits(
+    tmp_path_factory: pytest.TempPathFactory, digits_exports: DigitsExports
+) -> dict[str, Path]:
+    """A private copy of the trained digits model (dynamic batch: the session's export; a copy,
+    as the killed runs may leave files anywhere) and 128 calibration samples."""
     from sase_deploy.models.digits_data import write_digits_npz
 
     folder = tmp_path_factory.mktemp("digits")
-    onnx_path = folder / "dyn.onnx"
-    ckpt = digits_checkpoint_file("se_resnet_digits")
-    export_model("se_resnet_digits", onnx_path, checkpoint=ckpt, dynamic_batch=True)
+    onnx_path = copy_export(digits_exports.get(), folder)
     data = write_digits_npz(folder / "calib.npz", "calibration", n=128)
     return {"onnx": onnx_path, "data": Path(data)}
 
 
-def test_sigkill_during_export_keeps_the_previous_model(tmp_path: Path) -> None:
-    from sase_deploy.export import export_model
-
-    out = tmp_path / "out"
+def test_sigkill_during_export_keeps_the_previous_model(
+    digits_exports: DigitsExports, tmp_path: Path
+) -> None:
     # the previous export: a fixed batch (the new one has a dynamic batch)
-    export_model("se_resnet_digits", out / "m.onnx")
+    out = tmp_path / "out"
+    model = copy_export(digits_exports.get(batch=1), out)
     old = snapshot(out)
-    assert set(old) == {"m.onnx", "m.manifest.json"}
+    assert set(old) == {"se_resnet_digits.onnx", "se_resnet_digits.manifest.json"}
     args = [
         "export",
         "se_resnet_digits",
@@ -188,13 +191,13 @@ def test_sigkill_during_export_keeps_the_previous_model(tmp_path: Path) -> None:
         str(digits_checkpoint_file("se_resnet_digits")),
         "--dynamic-batch",
         "-o",
-        str(out / "m.onnx"),
+        str(model),
     ]
     interrupt_at_each_point(args, tmp_path, out, ".sase-export.*", delays=(1.0, 3.0))
     rerun(args, tmp_path, out)
-    manifest = json.loads((out / "m.manifest.json").read_text())
-    assert manifest["onnx_sha256"] == sha256(out / "m.onnx") != old["m.onnx"]
-    onnx.checker.check_model(onnx.load(str(out / "m.onnx")))
+    manifest = json.loads((out / "se_resnet_digits.manifest.json").read_text())
+    assert manifest["sha256"] == sha256(model) != old["se_resnet_digits.onnx"]
+    onnx.checker.check_model(onnx.load(str(model)))
 
 
 def test_sigkill_during_calibrate_keeps_the_previous_calibration(
@@ -206,7 +209,7 @@ def test_sigkill_during_calibrate_keeps_the_previous_calibration(
     # the previous calibration: min/max ranges (the new one: percentile)
     calibrate_onnx(digits["onnx"], str(digits["data"]), out, method="minmax", samples=64)
     old = snapshot(out)
-    assert set(old) == {"dyn.int8.onnx", "dyn.calib.cache", "dyn.calib.json"}
+    assert set(old) == {f"{STEM}.int8.onnx", f"{STEM}.calib.cache", f"{STEM}.calib.json"}
     args = [
         "calibrate",
         str(digits["onnx"]),
@@ -221,23 +224,23 @@ def test_sigkill_during_calibrate_keeps_the_previous_calibration(
     rerun(args, tmp_path, out)
     new = snapshot(out)
     assert all(new[name] != old[name] for name in old)
-    assert json.loads((out / "dyn.calib.json").read_text())["method"] == "percentile"
-    onnx.checker.check_model(onnx.load(str(out / "dyn.int8.onnx")))
+    assert json.loads((out / f"{STEM}.calib.json").read_text())["method"] == "percentile"
+    onnx.checker.check_model(onnx.load(str(out / f"{STEM}.int8.onnx")))
 
 
 def test_sigkill_during_build_keeps_the_previous_engine(
-    digits: dict[str, Path], tmp_path: Path
+    digits: dict[str, Path], tmp_path: Path, rtx: Any
 ) -> None:
-    from sase_deploy.engines.build import BuildRequest, build
-    from sase_deploy.engines.flavours import find_flavour
+    from sase_deploy.engines.build import build
+    from sase_deploy.engines.request import BuildRequest
 
-    backend = "tensorrt-rtx" if find_flavour("tensorrt-rtx").installed else "onnxruntime"
+    backend = "tensorrt-rtx" if rtx.installed else "onnxruntime"
     out = tmp_path / "out"
     # the previous build: batch profile 1:4:4 (the new one: 1:8:8, another cache key)
     build(BuildRequest(digits["onnx"], "l4", out, backend=backend, batch=(1, 4, 4)))
     old = snapshot(out / "l4")
-    artifact = "dyn.fp32.engine" if backend == "tensorrt-rtx" else "dyn.fp32.onnx"
-    assert set(old) == {artifact, "dyn.fp32.manifest.json"}
+    artifact = f"{STEM}.fp32.engine" if backend == "tensorrt-rtx" else f"{STEM}.fp32.onnx"
+    assert set(old) == {artifact, f"{STEM}.fp32.manifest.json"}
     args = [
         "build",
         str(digits["onnx"]),
@@ -250,8 +253,8 @@ def test_sigkill_during_build_keeps_the_previous_engine(
         "-o",
         str(out),
     ]
-    interrupt_at_each_point(args, tmp_path, out / "l4", ".dyn.fp32.*.tmp", delays=(0.1, 0.2))
+    interrupt_at_each_point(args, tmp_path, out / "l4", f".{STEM}.fp32.*.tmp", delays=(0.1, 0.2))
     rerun(args, tmp_path, out)
-    manifest = json.loads((out / "l4/dyn.fp32.manifest.json").read_text())
-    assert manifest["artifact_sha256"] == sha256(out / "l4" / artifact)
+    manifest = json.loads((out / f"l4/{STEM}.fp32.manifest.json").read_text())
+    assert manifest["sha256"] == sha256(out / "l4" / artifact)
     assert manifest["profile"]["x"][2][0] == 8

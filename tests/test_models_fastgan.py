@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.errors import UserError
 from sase_deploy.models import fastgan
 from sase_deploy.models.blocks_fastgan import (
@@ -23,6 +22,7 @@ from sase_deploy.models.checkpoint import bake_spectral_norm, has_spectral_norm
 from sase_deploy.models.registry import create_model, get_model_spec
 from sase_deploy.models.slim import SLIMBlock
 from sase_deploy.models.spec import sample_inputs
+from sase_deploy.runtime.ort import run_onnx
 
 LAYOUTS = Path(__file__).parents[2] / "shared" / "official_layouts"
 NAMES = ("fastgan_sle_256", "fastgan_slim_256", "fastgan_slim_1024")

@@ -10,8 +10,7 @@ import pytest
 import torch
 from numerics import assert_rewrite_equivalent
 from onnx import numpy_helper
-from rewrite_blocks import apply_rule
-from test_rewrite_sase_group import SlimBlock, _export, _feed, _slim_args
+from rewrite_blocks import SlimBlock, apply_rule, export_slim, random_feed, slim_args
 
 from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 
@@ -19,7 +18,7 @@ from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 @pytest.fixture(scope="module")
 def slim_pair() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     torch.manual_seed(0)
-    model = _export(SlimBlock(), (*_slim_args()[:2], torch.zeros(2, 1, 8, 8)), False)
+    model = export_slim(SlimBlock(), (*slim_args()[:2], torch.zeros(2, 1, 8, 8)), False)
     fused, _ = apply_rule(SaseGroupFusion(), model)
     return model, fused
 
@@ -38,7 +37,7 @@ def test_exact_fusion_passes(
     slim_pair: tuple[onnx.ModelProto, onnx.ModelProto], threads: int
 ) -> None:
     model, fused = slim_pair
-    assert_rewrite_equivalent(model, fused, _feed(model, 2), threads=threads)
+    assert_rewrite_equivalent(model, fused, random_feed(model, 2), threads=threads)
 
 
 def test_perturbed_weight_fails(slim_pair: tuple[onnx.ModelProto, onnx.ModelProto]) -> None:
@@ -46,4 +45,4 @@ def test_perturbed_weight_fails(slim_pair: tuple[onnx.ModelProto, onnx.ModelProt
     # the grouped style projection's weight (the fused block's last Conv before the mix)
     wrong = _scale_weight(fused, "sase_group//Div/style1_W", 1e-4)
     with pytest.raises(AssertionError, match="differs in float64"):
-        assert_rewrite_equivalent(model, wrong, _feed(model, 2))
+        assert_rewrite_equivalent(model, wrong, random_feed(model, 2))

@@ -11,11 +11,9 @@ import pytest
 from rich.console import Console
 
 from sase_deploy.console import LogStages, stage_progress
-from sase_deploy.engines.flavours import find_flavour
 
 FAST = ("--precisions", "fp32", "--runs", "2", "--warmup", "1")
 STAGE_LINE = re.compile(r"^(?P<name>\S.*?)  (?:(?P<seconds>\d+\.\d) s|skipped \((?P<why>.+)\))$")
-RTX = find_flavour("tensorrt-rtx").installed
 
 
 class Recorder:
@@ -75,10 +73,8 @@ def test_a_piped_deploy_prints_one_line_per_stage_with_its_time(piped) -> None:
     lines = _stage_lines(first)
     expected = {"export", "load reference", "reference (pytorch-cpu)",
                 "se_resnet_digits.onnx (onnxruntime-cpu)"}  # fmt: skip
-    if RTX:
-        expected |= {"build rtx fp32", "rtx/se_resnet_digits.fp32.engine (tensorrt-rtx)"}
     assert expected <= set(lines), first
-    for name in expected - {"rtx/se_resnet_digits.fp32.engine (tensorrt-rtx)"}:
+    for name in expected:
         assert lines[name]["seconds"] is not None, lines[name].string  # it ran: a time
     names = [m["name"] for line in first.splitlines() if (m := STAGE_LINE.match(line))]
     assert names.count("export") == 1 and names.count("build rtx fp16") == 0
@@ -94,14 +90,24 @@ def test_a_rerun_says_which_stages_it_skipped_and_why(piped) -> None:
     _, _, second, stdout = piped
     lines = _stage_lines(second)
     assert lines["export"]["why"] == "inputs unchanged"
-    if RTX:
-        assert lines["build rtx fp32"]["why"] == "inputs unchanged"
-        engine = lines["rtx/se_resnet_digits.fp32.engine (tensorrt-rtx)"]
-        assert engine["why"] == "built, not run: no GPU" or engine["seconds"] is not None
     assert lines["reference (pytorch-cpu)"]["seconds"] is not None  # compare always runs
     stages = json.loads(stdout)["models"][0]["stages"]
     assert stages and all(s["skipped"] and s["reason"] == "inputs unchanged" for s in stages)
     assert [s["stage"] for s in stages][:1] == ["export"]
+
+
+@pytest.mark.slow
+@pytest.mark.rtx
+def test_the_engine_stages_are_timed_then_skipped(piped) -> None:
+    """With TensorRT-RTX installed, deploy builds the rtx engine (a timed line) and runs it
+    where a GPU is; the rerun skips the build, and runs the engine again or says why not."""
+    _, first, second, _ = piped
+    engine = "rtx/se_resnet_digits.fp32.engine (tensorrt-rtx)"
+    lines = _stage_lines(first)
+    assert engine in lines and lines["build rtx fp32"]["seconds"] is not None, first
+    lines = _stage_lines(second)
+    assert lines["build rtx fp32"]["why"] == "inputs unchanged"
+    assert lines[engine]["why"] == "built, not run: no GPU" or lines[engine]["seconds"] is not None
 
 
 @pytest.mark.slow

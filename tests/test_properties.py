@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from sase_deploy.commands.build import parse_batch
 from sase_deploy.commands.compare import parse_batches
 from sase_deploy.errors import UserError
-from sase_deploy.export.source import parse_model_args, parse_shape
+from sase_deploy.models.source import parse_model_args, parse_shape
 from sase_deploy.report import metrics as m
-from sase_deploy.report.tolerances import METRICS, PRECISIONS, parse_tolerances
+from sase_deploy.report.tolerances import METRICS, parse_tolerances
+from sase_deploy.vocabulary import PRECISIONS
 
 dims = st.lists(st.integers(1, 4096), min_size=1, max_size=5)
 

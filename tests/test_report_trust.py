@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sase_deploy.engines.base import Feed, Outputs, Runner
 from sase_deploy.report import latency
 from sase_deploy.report.api import RANDOM_INIT_WARNING
 from sase_deploy.report.latency import NOISY_NOTE, measure_latency
 from sase_deploy.report.output import summary
 from sase_deploy.report.render import render_html, render_markdown
 from sase_deploy.report.schema import validate_report
+from sase_deploy.runtime.base import Feed, Outputs, Runner
 
 EXAMPLE = Path(__file__).parent / "data" / "report_example.json"
 FEED = {"x": np.zeros((1, 1, 8, 8), np.float32)}
@@ -183,8 +183,8 @@ def test_reference_weights_say_where_they_came_from(tmp_path: Path) -> None:
 def test_torch_runner_takes_and_restores_threads() -> None:
     import torch
 
-    from sase_deploy.engines.base import cpu_threads
-    from sase_deploy.engines.torch_runner import TorchRunner
+    from sase_deploy.runtime.base import cpu_threads
+    from sase_deploy.runtime.torch_runner import TorchRunner
 
     before = torch.get_num_threads()
     runner = TorchRunner(torch.nn.Identity(), ["x"], ["y"], threads=before + 1)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import onnx
+from helpers import DigitsExports
 from rewrite_blocks import Host, LinearSE, export
 
 
@@ -74,13 +75,13 @@ def test_help(run_cli) -> None:  # type: ignore[no-untyped-def]
     assert result.code == 0 and "--as-functions" in result.stdout
 
 
-def test_expected_declines_are_marked(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_expected_declines_are_marked(  # type: ignore[no-untyped-def]
+    run_cli, digits_exports: DigitsExports, tmp_path: Path
+) -> None:
     """The SE-gate rule looking at the Mul that applies a SASE block fused just before is an
     expected decline, marked as such in the text and the JSON; the look-alike test in
     test_fuse_exporters shows an unexpected one stays unmarked."""
-    src = tmp_path / "digits.onnx"
-    result = run_cli("export", "sase_resnet_digits", "--no-fuse", "-o", str(src))
-    assert result.code == 0, result.stderr
+    src = digits_exports.get("sase_resnet_digits", batch=1, fuse=False)  # the outputs: tmp_path
     text = run_cli("fuse", str(src), "-o", str(tmp_path / "f.onnx"))
     assert "se_gate: 0 applied, 0 already canonical, 0 reverted, 1 declined (1 expected)" in (
         text.stdout

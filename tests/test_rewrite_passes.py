@@ -11,7 +11,6 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 from rewrite_blocks import ECA, CBAMChannel, Host, LinearSE, SleHost, export
 
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.graph_io import replace_uses
 from sase_deploy.rewrite import fuse_model
 from sase_deploy.rewrite.graph_utils import const_value, import_graph
@@ -19,6 +18,7 @@ from sase_deploy.rewrite.rule import Captures, Match, RewriteRule
 from sase_deploy.rewrite.rules import CLEANUP_RULES, SE_GATE_RULES
 from sase_deploy.rewrite.rules.se_gate import SeGateCanonicalise
 from sase_deploy.rewrite.self_check import NOISE_FLOOR_FACTOR, SelfChecker, self_check_feed
+from sase_deploy.runtime.ort import run_onnx
 
 
 class DropScalarMul(RewriteRule):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -19,10 +16,14 @@ from rewrite_blocks import (
     Host,
     LinearSE,
     SleHost,
+    SlimBlock,
     TimmSE,
     apply_rule,
     compute_nodes,
     export,
+    export_slim,
+    random_feed,
+    slim_args,
 )
 from torch import nn
 
@@ -33,163 +34,19 @@ from sase_deploy.rewrite.rules.sase_group import SaseGroupFusion
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
 
 
-class SlimBlock(nn.Module):
-    """SLIM InceptionBlock as officially written (per-mask resize), knobs for near misses.
-
-    `normalise`: "masks + eps" (official: sum m*s / (sum m + eps)), "eps outside"
-    (sum m*s / sum m + eps), "groups" (sum m*s / G) or "none" (sum m*s). `masks`: "sigmoid"
-    per group, or "softmax" across the groups' concatenated logits. `style_act`: the
-    activation between the style MLP's linears."""
-
-    def __init__(
-        self,
-        cin: int = 64,
-        cout: int = 16,
-        groups: int = 4,
-        reduction: int = 16,
-        dilation: int = 2,
-        mode: str = "nearest",
-        normalise: str = "masks + eps",
-        odd_group: bool = False,
-        concat_noise: bool = False,
-        masks: str = "sigmoid",
-        style_act: type[nn.Module] = nn.ReLU,
-    ) -> None:
-        super().__init__()
-        cg, cr = cin // groups, max(1, (cin // groups) // reduction)
-        self.cg, self.mode, self.normalise = cg, mode, normalise
-        self.concat_noise, self.softmax_masks = concat_noise, masks == "softmax"
-
-        def style() -> nn.Sequential:
-            return nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cg, cr), nn.BatchNorm1d(cr),
-                style_act(), nn.Linear(cr, cout),
-            )  # fmt: skip
-
-        def mask(d: int) -> nn.Sequential:
-            layers: list[nn.Module] = [nn.Conv2d(cg, cr, 1), nn.BatchNorm2d(cr), nn.ReLU()]
-            for _ in range(2):
-                layers += [
-                    nn.Conv2d(cr, cr, 3, padding=d, dilation=d),
-                    nn.BatchNorm2d(cr),
-                    nn.ReLU(),
-                ]
-            layers.append(nn.Conv2d(cr, 1, 1))
-            return nn.Sequential(*layers)
-
-        dils = [dilation] * groups
-        if odd_group:
-            dils[-1] = dilation + 1
-        self.channel_attn = nn.ModuleList(style() for _ in range(groups))
-        self.spatial_attn = nn.ModuleList(mask(d) for d in dils)
-        self.noise_weight = nn.Parameter(torch.tensor([0.3]))
-        with torch.no_grad():  # non-trivial BN statistics so folding is exercised
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.5, 0.5)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.3, 0.3)
-
-    def _resize(self, m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.mode == "nearest":
-            return F.interpolate(m, size=size, mode="nearest")
-        if self.mode == "nearest-scale":  # Resize with `scales` instead of `sizes`
-            return F.interpolate(m, scale_factor=float(size[0] // int(m.shape[2])), mode="nearest")
-        return F.interpolate(m, size=size, mode=self.mode, align_corners=False)
-
-    def forward(self, xs: torch.Tensor, xb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        size = (int(xb.shape[2]), int(xb.shape[3]))
-        chunks = torch.split(xs, self.cg, dim=1)
-        styles = [ca(c)[:, :, None, None] for c, ca in zip(chunks, self.channel_attn, strict=False)]
-        if self.concat_noise or self.softmax_masks:  # concat logits, one resize, slices
-            logits = torch.cat(
-                [sa(c) for c, sa in zip(chunks, self.spatial_attn, strict=False)], dim=1
-            )
-            if self.softmax_masks:
-                all_masks = self._resize(torch.softmax(logits, dim=1), size)
-            else:  # 1024 variant: noise added to the logits before the sigmoid
-                all_masks = self._resize(torch.sigmoid(logits + self.noise_weight * noise), size)
-            masks = [all_masks[:, g : g + 1] for g in range(len(chunks))]
-        else:
-            masks = [
-                self._resize(torch.sigmoid(sa(c)), size)
-                for c, sa in zip(chunks, self.spatial_attn, strict=False)
-            ]
-        num = masks[0] * styles[0]
-        den = masks[0]
-        for m, s in zip(masks[1:], styles[1:], strict=False):
-            num = num + m * s
-            den = den + m
-        return xb * (self._normalised(num, den, len(masks)) + 1)
-
-    def _normalised(self, num: torch.Tensor, den: torch.Tensor, groups: int) -> torch.Tensor:
-        if self.normalise == "masks + eps":
-            return num / (den + 1e-06)
-        if self.normalise == "eps outside":
-            return num / den + 1e-06
-        return num / groups if self.normalise == "groups" else num
-
-
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], dynamo: bool) -> onnx.ModelProto:
-    module.eval()
-    buffer = io.BytesIO()
-    names = ["xs", "xb", "noise"][: len(args)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(
-                module,
-                args,
-                buffer,
-                dynamo=True,
-                opset_version=18,
-                input_names=names,
-                verbose=False,
-            )
-        else:
-            torch.onnx.export(
-                module,
-                args,
-                buffer,
-                dynamo=False,
-                opset_version=18,
-                input_names=names,
-                output_names=["out"],
-                dynamic_axes={n: {0: "batch"} for n in [*names, "out"]},
-            )
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _feed(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for inp in model.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
-        dims[0] = batch
-        feed[inp.name] = rng.standard_normal(dims).astype(np.float32)
-    return feed
-
-
 def _assert_equal_outputs(a: onnx.ModelProto, b: onnx.ModelProto, batch: int) -> None:
     """Equal in float64, and no less accurate in float32 on this CPU (see tests/numerics.py)."""
-    assert_rewrite_equivalent(a, b, _feed(a, batch))
+    assert_rewrite_equivalent(a, b, random_feed(a, batch))
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
 
-def _slim_args(
-    cin: int = 64, cout: int = 16, h: int = 8, big: int = 32
-) -> tuple[torch.Tensor, ...]:
-    return (torch.randn(2, cin, h, h), torch.randn(2, cout, big, big), torch.randn(2, 1, h, h))
-
-
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_slim_block_fuses_to_grouped_convs(dynamo: bool) -> None:
     torch.manual_seed(0)
-    model = _export(SlimBlock(), (*_slim_args()[:2], torch.zeros(2, 1, 8, 8)), dynamo)
+    model = export_slim(SlimBlock(), (*slim_args()[:2], torch.zeros(2, 1, 8, 8)), dynamo)
     fused, results = apply_rule(SaseGroupFusion(), model)
     matches = [r for r in results if isinstance(r, Match)]
     assert len(matches) == 1 and matches[0].kind == "sase"
@@ -210,8 +67,8 @@ def test_slim_block_fuses_to_grouped_convs(dynamo: bool) -> None:
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_slim_block_with_resize_scales_fuses(dynamo: bool) -> None:
     torch.manual_seed(7)
-    args = (*_slim_args()[:2], torch.zeros(2, 1, 8, 8))
-    model = _export(SlimBlock(mode="nearest-scale"), args, dynamo)
+    args = (*slim_args()[:2], torch.zeros(2, 1, 8, 8))
+    model = export_slim(SlimBlock(mode="nearest-scale"), args, dynamo)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
@@ -233,7 +90,7 @@ def test_sase_recognition_conv_fuses(dynamo: bool, stride: int) -> None:
 
     torch.manual_seed(1)
     block = SASEConv2d(64, 32, stride=stride)
-    model = _export(block, (torch.randn(2, 64, 12, 12),), dynamo)
+    model = export_slim(block, (torch.randn(2, 64, 12, 12),), dynamo)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"]
     onnx.checker.check_model(fused, full_check=True)
@@ -247,7 +104,7 @@ def test_sase_recognition_conv_fuses(dynamo: bool, stride: int) -> None:
 )
 def test_concat_noise_variant_carries_noise(dynamo: bool) -> None:
     torch.manual_seed(2)
-    model = _export(SlimBlock(concat_noise=True, dilation=4), _slim_args(), dynamo)
+    model = export_slim(SlimBlock(concat_noise=True, dilation=4), slim_args(), dynamo)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"]
     onnx.checker.check_model(fused, full_check=True)
@@ -265,7 +122,7 @@ def test_concat_noise_variant_carries_noise(dynamo: bool) -> None:
 )
 def test_declines_near_misses(kwargs: dict, reason: str) -> None:
     torch.manual_seed(3)
-    model = _export(SlimBlock(**kwargs), (*_slim_args()[:2], torch.zeros(2, 1, 8, 8)), False)
+    model = export_slim(SlimBlock(**kwargs), (*slim_args()[:2], torch.zeros(2, 1, 8, 8)), False)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert not any(isinstance(r, Match) for r in results)
     declines = [r for r in results if isinstance(r, Decline)]
@@ -305,8 +162,8 @@ def test_sase_lookalikes_are_declined_with_the_reason(lookalike: str, dynamo: bo
     (formerly silently skipped), on the canonical graph `fuse` hands the rules."""
     make, inputs, reason = LOOKALIKES[lookalike]
     torch.manual_seed(11)
-    args = (*_slim_args()[:2], torch.zeros(2, 1, 8, 8))[:inputs]
-    model = canonicalise(_export(make(), args, dynamo))
+    args = (*slim_args()[:2], torch.zeros(2, 1, 8, 8))[:inputs]
+    model = canonicalise(export_slim(make(), args, dynamo))
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert len(results) == 1 and isinstance(results[0], Decline), results
     assert results[0].reason.startswith(LOOKS_LIKE), results[0].reason
@@ -361,7 +218,7 @@ def test_fastgan_slim_256_blocks_fuse(
     block = _zoo_block(SLIMBlock(source[0], source[1], target[0], target[1]))
     args = (torch.randn(1, source[0], source[1], source[1]),
             torch.randn(1, target[0], target[1], target[1]))  # fmt: skip
-    model = _export(block, args, dynamo)
+    model = export_slim(block, args, dynamo)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
@@ -379,7 +236,7 @@ def test_slim_1024_mask_noise_input_is_carried() -> None:
     with torch.no_grad():
         block.noise_injection.weight.fill_(0.7)  # trained weights are non-zero
     block.noise_injection.mode = "input"
-    model = _export(block, _slim_args(128, 16, 8, 32), False)
+    model = export_slim(block, slim_args(128, 16, 8, 32), False)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
@@ -424,7 +281,7 @@ def test_half_fused_slim_block_fuses(mask_noise: bool, dynamo: bool) -> None:
         with torch.no_grad():
             block.noise_injection.weight.fill_(0.7)
         block.noise_injection.mode = "input"
-    model = _export(HalfFusedSlim(block).eval(), _slim_args(128, 16, 8, 32), dynamo)
+    model = export_slim(HalfFusedSlim(block).eval(), slim_args(128, 16, 8, 32), dynamo)
     assert "MatMul" in _ops(model)  # really the half-fused form
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
@@ -438,7 +295,7 @@ def test_sase_resnet_bottleneck_fuses() -> None:
 
     torch.manual_seed(6)
     block = _zoo_block(sase_resnet50().layer2[0])  # stride 2: the masks are resized
-    model = _export(block, (torch.randn(2, 256, 16, 16),), False)
+    model = export_slim(block, (torch.randn(2, 256, 16, 16),), False)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)
@@ -496,7 +353,7 @@ def _official_block(spelling: str = "cat", variant: str = "official", cout: int 
 )
 def test_official_stacked_form_fuses(dynamo: bool, spelling: str) -> None:
     torch.manual_seed(8)
-    model = _export(_official_block(spelling), _slim_args()[:2], dynamo)
+    model = export_slim(_official_block(spelling), slim_args()[:2], dynamo)
     assert "ReduceSum" in _ops(model) and "Concat" in _ops(model)  # really the stacked form
     fused, results = apply_rule(SaseGroupFusion(), model)
     matches = [r for r in results if isinstance(r, Match)]
@@ -526,7 +383,7 @@ def test_official_stacked_form_fuses(dynamo: bool, spelling: str) -> None:
 def test_official_stacked_form_declines_near_misses(variant: str, cout: int, reason: str) -> None:
     torch.manual_seed(9)
     xs, xb = torch.randn(2, 64, 8, 8), torch.randn(2, cout, 32, 32)
-    model = _export(_official_block("cat", variant, cout), (xs, xb), False)
+    model = export_slim(_official_block("cat", variant, cout), (xs, xb), False)
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert not any(isinstance(r, Match) for r in results)
     declines = [r for r in results if isinstance(r, Decline)]
@@ -561,15 +418,20 @@ def _build_with_tensorrt_rtx(trt: Any, model: onnx.ModelProto) -> None:
     [(8, "scales"), (7, "sizes")],  # 8 -> 4 is an exact scale; 7 -> 4 is not
     ids=["8to4-scales", "7to4-shape-sizes"],
 )
-def test_fused_dynamic_batch_graph_builds_with_tensorrt_rtx(side: int, target: str) -> None:
+@pytest.mark.rtx
+def test_fused_dynamic_batch_graph_builds_with_tensorrt_rtx(
+    side: int, target: str, rtx: Any
+) -> None:
     """TensorRT's ONNX parser failed on the fused Resize (constant sizes + axes) under a
     dynamic batch: 'axis 0 with inherently negative length'."""
-    trt = pytest.importorskip("tensorrt_rtx")
+    from sase_deploy.engines.flavours import trt_module
     from sase_deploy.models.sase import SASEConv2d
+
+    trt = trt_module(rtx)
 
     torch.manual_seed(10)
     block = _zoo_block(SASEConv2d(32, 32, stride=2, reduction=4))  # digits' 2nd stage, 4x4 out
-    model = _export(block, (torch.randn(2, 32, side, side),), False)  # dynamic batch
+    model = export_slim(block, (torch.randn(2, 32, side, side),), False)  # dynamic batch
     fused, results = apply_rule(SaseGroupFusion(), model)
     assert [r.kind for r in results if isinstance(r, Match)] == ["sase"], results
     onnx.checker.check_model(fused, full_check=True)

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from rewrite_blocks import apply_rule, compute_nodes
 from torch import nn
 
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.models.spse import RGSEBottleneck, SPSEBottleneck
-from sase_deploy.report.compare import compare_outputs
 from sase_deploy.rewrite.rule import Decline, Match
 from sase_deploy.rewrite.rules.spatial_pool import SpatialPoolCollapse
+from sase_deploy.runtime.compare import compare_outputs
+from sase_deploy.runtime.ort import run_onnx
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
 

@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from helpers import DigitsExports
 from onnx import TensorProto, helper
 
 from sase_deploy.cli import main
-from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner, check_feed
-from sase_deploy.engines.ort import OrtRunner
 from sase_deploy.errors import UserError
-from sase_deploy.models.digits import digits_checkpoint_file
 from sase_deploy.report.candidates import (
     check_candidates_match,
     check_output_shapes,
     resolve_candidates,
 )
+from sase_deploy.runtime.base import Feed, InputMetadata, Outputs, Runner, check_feed
+from sase_deploy.runtime.ort import OrtRunner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -119,15 +119,14 @@ def test_ort_runner_reports_its_inputs(tmp_path: Path) -> None:
             runner.infer({"x": np.ones((2, 4), np.float32)})
 
 
-def test_tensorrt_runner_metadata_from_polygraphy() -> None:
+def test_tensorrt_runner_metadata_from_polygraphy(rtx: Any) -> None:
     """Polygraphy's TensorMetadata (DataType, -1 for dynamic) read without a GPU."""
     pytest.importorskip("polygraphy")
     from polygraphy.datatype import DataType
 
-    from sase_deploy.engines.flavours import find_flavour
     from sase_deploy.engines.tensorrt import TrtRunner
 
-    runner = TrtRunner(Path("m.engine"), find_flavour("tensorrt-rtx"))
+    runner = TrtRunner(Path("m.engine"), rtx)
     metadata = {
         "x": SimpleNamespace(dtype=DataType.FLOAT32, shape=(-1, 1, 8, 8)),
         "b": SimpleNamespace(dtype=SimpleNamespace(name="float99"), shape=(2,)),
@@ -144,23 +143,27 @@ def test_tensorrt_runner_metadata_from_polygraphy() -> None:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The digits model as exported, at another input size, and with edited I/O."""
-    from sase_deploy.export import export_model
-
+def exports(
+    tmp_path_factory: pytest.TempPathFactory, digits_exports: DigitsExports
+) -> dict[str, Path]:
+    """The digits model as exported (the session's, dynamic batch) and edited copies: another
+    input size, name, dtype or count, another output name."""
     folder = tmp_path_factory.mktemp("feeds")
-    ckpt = digits_checkpoint_file("se_resnet_digits")
-    good = folder / "d.onnx"
-    export_model("se_resnet_digits", good, checkpoint=ckpt, dynamic_batch=True)
-    shape = folder / "shape.onnx"
-    export_model("se_resnet_digits", shape, checkpoint=ckpt, input_shapes=[(1, 1, 16, 16)])
-    paths = {"good": good, "shape": shape}
+    good = digits_exports.get()
+    paths = {"good": good}
     for name, edit in EDITS.items():
         model = onnx.load(str(good))
         edit(model.graph)
         paths[name] = folder / f"{name}.onnx"
         onnx.save(model, str(paths[name]))
     return paths
+
+
+def _resize_input(graph: onnx.GraphProto) -> None:
+    """x is 16x16: the model pools globally, so ORT loads it and the feed check stops it."""
+    for dim in graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_value = 16
+    del graph.value_info[:]  # the 8x8 shapes recorded inside would contradict it
 
 
 def _rename_input(graph: onnx.GraphProto) -> None:
@@ -191,6 +194,7 @@ def _rename_output(graph: onnx.GraphProto) -> None:
 
 
 EDITS: dict[str, Callable[[onnx.GraphProto], None]] = {
+    "shape": _resize_input,
     "name": _rename_input,
     "dtype": _double_input,
     "count": _extra_input,
@@ -236,7 +240,7 @@ def test_compare_with_a_mismatched_candidate_exits_2(
 
 
 def _reference() -> Any:
-    from sase_deploy.calibration.sources import GraphInput
+    from sase_deploy.graph_io import GraphInput
 
     x = GraphInput("x", (None, 1, 8, 8), np.dtype(np.float32))
     return SimpleNamespace(inputs=(x,), output_names=("logits",), source="se_resnet_digits")

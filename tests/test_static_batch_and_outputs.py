@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import DigitsExports
 from torch import nn
 
 from sase_deploy._io import atomic_path, check_writable
 from sase_deploy.calibration.sources import ArraySource, FixedBatchSource
-from sase_deploy.engines.ort import OrtRunner
 from sase_deploy.errors import UserError
-from sase_deploy.models.digits import digits_checkpoint_file
 from sase_deploy.models.digits_data import load_digits_split
+from sase_deploy.runtime.ort import OrtRunner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -26,21 +26,19 @@ DIGITS = "se_resnet_digits"
 
 
 @pytest.fixture(scope="module")
-def static_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained digits model exported with the defaults (fixed batch 1) plus its manifest."""
-    from sase_deploy.export import export_model
-
-    path = tmp_path_factory.mktemp("static") / f"{DIGITS}.onnx"
-    export_model(DIGITS, path, checkpoint=digits_checkpoint_file(DIGITS))
+def static_digits(digits_exports: DigitsExports) -> Path:
+    """The trained digits model exported with the defaults (fixed batch 1) plus its manifest:
+    the session's export, only read (the tests check nothing is written beside it)."""
+    path = digits_exports.get(DIGITS, batch=1)
     dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].HasField("dim_value") and dims[0].dim_value == 1  # really static
     return path
 
 
 @pytest.fixture(scope="module")
-def digits_calib(static_digits: Path) -> Path:
+def digits_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = load_digits_split()
-    path = static_digits.with_name("digits_calib.npz")
+    path = tmp_path_factory.mktemp("static") / "digits_calib.npz"
     np.savez(path, x=split.x_train[:512], y=split.y_train[:512])
     return path
 

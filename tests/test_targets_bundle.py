@@ -19,7 +19,6 @@ from sase_deploy._io import sha256_file
 from sase_deploy.engines import bundle, targets
 from sase_deploy.engines.bundle import write_bundle
 from sase_deploy.engines.targets import (
-    PRECISIONS,
     check_request,
     get_target,
     load_targets,
@@ -28,6 +27,7 @@ from sase_deploy.engines.targets import (
 )
 from sase_deploy.engines.trtexec import TRTEXEC_OPTIONS, trtexec_args
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import HARDWARE_PRECISIONS
 
 # Build options each trtexec documents in its --help (samples/common/sampleOptions.cpp of
 # NVIDIA/TensorRT at 8.5.2, v10.3.0 and v11.0), written out here independently of bundle.py.
@@ -72,7 +72,7 @@ def test_every_target_loads() -> None:
     for name, target in found.items():
         assert target.name == name and target.title.startswith("NVIDIA")
         assert target.kind in ("datacenter", "rtx", "jetson")
-        assert set(target.precisions) <= set(PRECISIONS) and "fp32" in target.precisions
+        assert set(target.precisions) <= set(HARDWARE_PRECISIONS) and "fp32" in target.precisions
         assert re.fullmatch(r"SM\d{2,3}(,SM\d{2,3})*", target.sm)
         assert target.default_workspace_mb > 0 and target.memory_gb > 0
         assert (target.tensorrt is None) == (target.kind != "jetson") == (target.jetpack is None)
@@ -202,13 +202,14 @@ def _flags(args: list[str]) -> set[str]:
 def test_trtexec_args_per_version() -> None:
     shapes = {"x": ((1, 1, 8, 8), (4, 1, 8, 8), (8, 1, 8, 8))}
     implicit = trtexec_args("10.3", "m.onnx", "m.engine", "int8", shapes, 512, None, "m.cache")
-    assert {"--int8", "--calib=m.cache", "--skipInference"} <= set(implicit)
+    # INT8 + FP16: what is not quantised may run in FP16 (as the strongly typed INT8 graph does)
+    assert {"--int8", "--fp16", "--calib=m.cache", "--skipInference"} <= set(implicit)
     assert "--minShapes=x:1x1x8x8" in implicit and "--maxShapes=x:8x1x8x8" in implicit
     assert "--memPoolSize=workspace:512" in implicit
     typed = trtexec_args("10.3", "m.onnx", "m.engine", "int8", strongly_typed_graph=True)
     assert "--stronglyTyped" in typed and not {"--int8", "--calib"} & _flags(typed)
     on_dla = trtexec_args("10.3", "m.onnx", "e", "int8", dla_core=1, strongly_typed_graph=True)
-    assert {"--int8", "--useDLACore=1", "--allowGPUFallback"} <= set(on_dla)
+    assert {"--int8", "--fp16", "--useDLACore=1", "--allowGPUFallback"} <= set(on_dla)
     assert "--calib" not in _flags(on_dla)
     xavier = trtexec_args("8.5.2", "m.onnx", "m.engine", "fp16", dla_core=0)
     assert {"--fp16", "--buildOnly", "--useDLACore=0"} <= set(xavier)
@@ -289,7 +290,7 @@ def _check_bundle(out: Path, result: dict, documented: set[str]) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["trtexec_args"] == result["trtexec_args"]
     assert set(result["files"]) == {p.name for p in out.iterdir()}
-    for name, digest in manifest["sha256"].items():
+    for name, digest in manifest["files_sha256"].items():
         assert sha256_file(out / name) == digest
     return manifest
 
@@ -416,7 +417,7 @@ def test_targets_lists_the_precisions_build_makes() -> None:
     from click.testing import CliRunner
 
     from sase_deploy.cli import cli
-    from sase_deploy.engines.plan import PRECISIONS as BUILT
+    from sase_deploy.vocabulary import PRECISIONS as BUILT
 
     done = CliRunner().invoke(cli, ["targets", "--json"])
     assert done.exit_code == 0, done.output

@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import DigitsExports
 from onnx import TensorProto, helper
 
-from sase_deploy.engines.build import BuildRequest, build
-from sase_deploy.engines.flavours import find_flavour
+from sase_deploy.engines.build import build
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.errors import UserError
 from sase_deploy.serving.triton import (
     TritonModel,
@@ -31,24 +32,15 @@ from sase_deploy.serving.triton import (
 pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="pip install '.[triton]'")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
-RTX = find_flavour("tensorrt-rtx")
-needs_rtx = pytest.mark.skipif(not RTX.installed, reason=f"TensorRT-RTX: {RTX.reason}")
 ONNX_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16",
               TensorProto.INT64: "TYPE_INT64"}  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """se_resnet_digits (untrained) with a dynamic batch and with the default fixed batch 1."""
-    from sase_deploy.export import export_model
-
-    folder = tmp_path_factory.mktemp("triton_exports")
-    found = {}
-    for key, dynamic in (("dynamic", True), ("fixed", False)):
-        out = folder / key / "se_resnet_digits.onnx"
-        export_model("se_resnet_digits", out, dynamic_batch=dynamic)  # weights: I/O is what counts
-        found[key] = out
-    return found
+@pytest.fixture(scope="module")
+def exports(digits_exports: DigitsExports) -> dict[str, Path]:
+    """se_resnet_digits with a dynamic batch and with the default fixed batch 1 (the session's
+    exports, only read: repositories and engines are written elsewhere)."""
+    return {"dynamic": digits_exports.get(), "fixed": digits_exports.get(batch=1)}
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +67,9 @@ def half_io(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fp16_engine(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if not RTX.installed:
-        pytest.skip(f"TensorRT-RTX: {RTX.reason}")
+    """An FP16 TensorRT-RTX engine (profile 1:4:16): for tests marked rtx only."""
     out = tmp_path_factory.mktemp("triton_engines")
     request = BuildRequest(
         onnx=exports["dynamic"], target="l4", output_dir=out, precision="fp16",
@@ -114,7 +105,7 @@ def _batched(io: list[Any]) -> list[Any]:
     return [(name, dtype, dims[1:]) for name, dtype, dims in io]
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_engine_repository_matches_profile_and_built_onnx(fp16_engine: Any, tmp_path: Path) -> None:
     """FP16 engine: tensorrt_plan, max batch = profile max, I/O types as its built ONNX
     declares (float32: convert keeps float I/O), model.plan is the engine's bytes."""
@@ -126,7 +117,7 @@ def test_engine_repository_matches_profile_and_built_onnx(fp16_engine: Any, tmp_
     config = _parse(folder / "config.pbtxt")
     assert config.name == model.name and config.platform == "tensorrt_plan"
     assert config.max_batch_size == 16
-    built_onnx = Path(fp16_engine.manifest["built_onnx"]["path"])
+    built_onnx = fp16_engine.manifest.built_onnx.path
     assert built_onnx.name == "se_resnet_digits.fp16.onnx"
     inputs, outputs = _onnx_io(built_onnx)
     assert _io(config) == (_batched(inputs), _batched(outputs))
@@ -146,7 +137,7 @@ def test_engine_repository_matches_profile_and_built_onnx(fp16_engine: Any, tmp_
         triton_model_from(fp16_engine.artifact, max_batch=32)
 
 
-@needs_rtx
+@pytest.mark.rtx
 def test_half_io_engine_and_onnx_keep_their_declared_types(half_io: Path, tmp_path: Path) -> None:
     """float16 in and out, an int64 batch-only output: Triton's [1] + reshape [] form."""
     engine = build(BuildRequest(onnx=half_io, target="l4", output_dir=tmp_path, precision="fp16",
@@ -214,7 +205,7 @@ def test_engine_built_by_a_bundle_on_the_device(exports: dict[str, Path], tmp_pa
     with pytest.raises(UserError, match="build the engine on the device first") as error:
         triton_model_from(bundle.artifact)
     assert "\n" not in str(error.value)
-    engine = bundle.artifact / bundle.manifest["bundle"]["engine"]
+    engine = bundle.artifact / bundle.manifest.bundle["engine"]
     engine.write_bytes(b"plan made by trtexec on the device")
     model = triton_model_from(engine)
     assert model.name == "se_resnet_digits_orin-nano_fp16"  # the target named once
@@ -234,7 +225,7 @@ def test_engine_profile_decides_batching(
     1 is refused (Triton sends batches from 1); a changed built ONNX is refused too."""
     bundle = build(BuildRequest(onnx=exports["dynamic"], target="orin-nano", output_dir=tmp_path,
                                 precision="fp16", batch=batch))  # fmt: skip
-    engine = bundle.artifact / bundle.manifest["bundle"]["engine"]
+    engine = bundle.artifact / bundle.manifest.bundle["engine"]
     engine.write_bytes(b"plan")
     if isinstance(expect, str):
         with pytest.raises(UserError, match=expect):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,12 +13,20 @@ import onnx
 
 from sase_deploy._io import check_writable, sha256_file
 from sase_deploy._timing import QUIET, StageProgress, StageTimer, rounded
+from sase_deploy.artifacts import (
+    CalibrationRecord,
+    artifact_path,
+    calibration_path,
+    model_stem,
+    read_record,
+    write_record,
+)
 from sase_deploy.calibration import graph, trt_cache
-from sase_deploy.calibration.fp16 import convert_fp16, fp16_keep_list
+from sase_deploy.calibration.fp16 import convert_fp16, fp16_around_qdq, fp16_keep_list
 from sase_deploy.calibration.options import CalibrateOptions, ConvertOptions, PrecisionOptions
-from sase_deploy.calibration.qdq import quantize_qdq
+from sase_deploy.calibration.qdq import quantize_qdq, small_weighted_nodes
 from sase_deploy.calibration.ranges import TensorRanges, collect_ranges
-from sase_deploy.calibration.sensitivity import AutoKeepResult, Evaluator, Task, auto_keep
+from sase_deploy.calibration.sensitivity import AutoKeepResult, Evaluator, auto_keep
 from sase_deploy.calibration.sources import (
     CalibrationSource,
     FixedBatchSource,
@@ -38,8 +45,8 @@ from sase_deploy.graph_io import (
     staging_dir,
 )
 from sase_deploy.models.spec import Preprocess
+from sase_deploy.vocabulary import Task
 
-CALIB_FORMAT = "sase-deploy.calib/1"
 FP16_CANDIDATE_OPS = (
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sigmoid",
     "BatchNormalization", "ReduceMean", "ReduceSum", "GlobalAveragePool", "Resize", "Pow", "Sqrt",
@@ -54,10 +61,6 @@ def _load(path: Path) -> onnx.ModelProto:
     """The model at `path`, checked (`graph_io.load_onnx`) and canonicalised with unique node
     names (ORT's quantizer selects nodes by name), whichever exporter wrote it."""
     return canonicalise(load_onnx(path, sort=True))
-
-
-def _model_stem(path: Path) -> str:
-    return path.name.removesuffix(".onnx")
 
 
 def _with_model_name(options: _Options, path: Path) -> _Options:
@@ -155,11 +158,21 @@ class CalibrationResult:
 
 
 def _artifact_paths(model_path: Path, output_dir: str | Path) -> tuple[Path, Path, Path]:
-    """NAME.int8.onnx, NAME.calib.cache and NAME.calib.json in `output_dir`."""
-    stem, out_dir = _model_stem(model_path), Path(output_dir)
-    suffixes = ("int8.onnx", "calib.cache", "calib.json")
-    int8, cache, calib_json = (out_dir / f"{stem}.{suffix}" for suffix in suffixes)
+    """NAME.int8.onnx, NAME.calib.cache and NAME.calib.json in `output_dir` (NAME: `model_stem`,
+    so `net.fp32.onnx` calibrates into `net.int8.onnx`); UserError where the model is one of them.
+    """
+    stem, out_dir = model_stem(model_path), Path(output_dir)
+    paths = [calibration_path(out_dir, stem, s) for s in ("int8.onnx", "calib.cache", "calib.json")]
+    _not_the_input(model_path, *paths)
+    int8, cache, calib_json = paths
     return int8, cache, calib_json
+
+
+def _not_the_input(model_path: Path, *outputs: Path) -> None:
+    """UserError when an output would replace the model it is made from."""
+    for out in outputs:
+        if out.exists() and os.path.samefile(out, model_path):
+            raise UserError(f"{out} would replace the input model; pass another output (-o)")
 
 
 def calibrate_onnx(
@@ -202,7 +215,7 @@ def calibrate_onnx(
     timer.timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
     candidates, kept, auto = _int8_nodes(named, source, ranges, opts, timer)
     with timer.stage("quantize"):
-        quantized = quantize_qdq(named, ranges, candidates)
+        quantized = _quantize(named, ranges, candidates, opts.high_precision)
 
     tensor_names = graph.float_tensor_names(named)
     cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
@@ -211,9 +224,21 @@ def calibrate_onnx(
         timer.timings, run_batch, notes,
     )  # fmt: skip
     extra = {"model": str(path), "model_sha256": sha256_file(path),
-             "registry_model": opts.model_name, "data": source.describe()}  # fmt: skip
+             "registry_model": opts.model_name, "data": source.describe(),
+             "high_precision": opts.high_precision, "min_channels": opts.min_channels}  # fmt: skip
     _write_calibration(result, quantized, ranges, cache_amax, opts.trt_version, extra, timer)
     return result
+
+
+def _quantize(
+    named: onnx.ModelProto, ranges: TensorRanges, nodes: set[str], high_precision: str
+) -> onnx.ModelProto:
+    """Q/DQ in front of `nodes`; the rest in FP16 (`fp16_around_qdq`) unless `high_precision`
+    is fp32. The FP16 keep-list is the one `convert` uses, ranges included."""
+    quantized = quantize_qdq(named, ranges, nodes)
+    if high_precision == "fp32":
+        return quantized
+    return fp16_around_qdq(quantized, fp16_keep_list(named, amax=ranges.amax))
 
 
 def _int8_nodes(
@@ -235,12 +260,17 @@ def _int8_nodes(
         kept.update(
             {n: "SE gate path (pooled descriptors -> sigmoid)" for n in sorted(weighted & gates)}
         )
+    small = small_weighted_nodes(shaped, candidates, options.min_channels)
+    candidates -= small
+    kept.update({n: f"fewer than {options.min_channels} channels" for n in sorted(small)})
     auto: AutoKeepResult | None = None
     if tolerance is not None:
         with timer.stage("sensitivity"):
             evaluator = _evaluator(named, source, options)
             auto = auto_keep(
-                candidates, lambda lowered: quantize_qdq(named, ranges, lowered), evaluator,
+                candidates,
+                lambda lowered: _quantize(named, ranges, lowered, options.high_precision),
+                evaluator,
                 tolerance,
             )  # fmt: skip
             candidates -= set(auto.kept)
@@ -268,40 +298,40 @@ def _write_calibration(
             save_model(quantized, staged_model, threshold=EXTERNAL_DATA_THRESHOLD)
             staged_cache.write_text(trt_cache.format_cache(cache_amax, result.method, trt_version))
         timer.total()  # before the json, which records it
-        summary = {k: v for k, v in result.to_dict().items() if k != "calib_json"}
-        details = {
-            "format": CALIB_FORMAT,
-            **{k: v for k, v in extra.items() if k != "data"},
-            "method": result.method,
-            "percentile": ranges.percentile,
-            "data": extra["data"],
-            "samples": ranges.samples,
-            "batch": result.batch,
-            "symmetric": True,
-            "trt_cache": {
+        summary = result.to_dict()
+        record = CalibrationRecord(
+            **extra,
+            method=result.method,
+            percentile=ranges.percentile,
+            samples=ranges.samples,
+            batch=result.batch,
+            symmetric=True,
+            trt_cache={
                 "file": result.cache.name,
                 "header": trt_cache.format_cache({}, result.method, trt_version).strip(),
             },
-            **summary,
-            "quantized_nodes": result.quantized_nodes,
-            "tensors": {
+            **{k: summary[k] for k in ("int8_onnx", "calib_cache")},
+            quantized_nodes=result.quantized_nodes,
+            **{k: summary[k] for k in ("kept_float", "cache_tensors", "auto_keep", "notes")},
+            timings_s=summary["timings_s"],
+            tensors={
                 name: {"amax": value, "scale": value / 127.0, "min": -value, "max": value}
                 for name, value in ranges.amax.items()
             },
-        }
-        staged_json.write_text(json.dumps(details, indent=2, sort_keys=False) + "\n")
+        )
+        write_record(staged_json, record)
         publish(staged_model, result.int8_onnx)
         os.replace(staged_cache, result.cache)
         os.replace(staged_json, result.json)
 
 
 def read_calib_json(path: str | Path) -> dict[str, float]:
-    """Tensor name -> amax from a `NAME.calib.json`."""
-    try:
-        data = json.loads(Path(path).read_text())
-        return {k: float(v["amax"]) for k, v in data["tensors"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read calibration json {path}: {exc}") from exc
+    """Tensor name -> amax from a `NAME.calib.json`; UserError when it is not one.
+
+    Args:
+        path: the calibration record `calibrate` wrote.
+    """
+    return read_record(Path(path), CalibrationRecord).amax(path)
 
 
 @dataclass
@@ -343,7 +373,11 @@ def convert_onnx(
     opts.validate()
     timer = StageTimer(suffix="_s")
     path = Path(model_path)
-    out = Path(output) if output is not None else path.with_name(f"{_model_stem(path)}.fp16.onnx")
+    if output is not None:
+        out = Path(output)
+    else:  # `net.onnx` or `net.fp32.onnx` -> `net.fp16.onnx`, never onto the input itself
+        out = artifact_path(path.parent, model_stem(path), "fp16", ".onnx")
+        _not_the_input(path, out)
     with timer.stage("analyse"):
         named = _load(path)
         check_writable(out)

@@ -66,3 +66,30 @@ def convert_fp16(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto
     finally:
         quiet.setLevel(level)
     return toposorted(converted)  # the converter appends the input casts after their users
+
+
+# Q/DQ with FP16 scales (so FP16 in, FP16 out) needs QuantizeLinear / DequantizeLinear-19.
+FP16_QDQ_OPSET = 19
+
+
+def fp16_around_qdq(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto:
+    """INT8 + FP16: a Q/DQ model whose float parts compute in FP16, as a strongly typed builder
+    (TensorRT-RTX, TensorRT >= 11) needs to run them in FP16 at all.
+
+    The Q/DQ scales become FP16 (ModelOpt's `high_precision_dtype="fp16"` layout), so each
+    DequantizeLinear hands its consumer FP16 and TensorRT still fuses Q/DQ into INT8 kernels;
+    `keep` nodes stay FP32 behind casts and inputs/outputs stay float32 (`convert_fp16`). A
+    graph below opset 19 is converted to 19 first (onnx's version converter): FP16 scales are
+    not valid before it.
+
+    Args:
+        model: the Q/DQ model `quantize_qdq` wrote.
+        keep: node names to keep in FP32 (`fp16_keep_list` of the float model).
+    """
+    from onnx import version_converter
+
+    from sase_deploy.graph_io import opset_version
+
+    if opset_version(model) < FP16_QDQ_OPSET:
+        model = version_converter.convert_version(model, FP16_QDQ_OPSET)
+    return convert_fp16(model, keep)

@@ -1,8 +1,8 @@
 """Read-only graph analysis for precision decisions, by what nodes compute (never by names).
 
 - where TensorRT fuses Q/DQ: inputs of Conv/ConvTranspose/Gemm/MatMul and residual Adds;
-- squeeze-excitation gate paths: nodes that only see globally pooled descriptors and end in a
-  Mul that rescales a full map (SE, SLE, SPSE, SASE's channel branch);
+- squeeze-excitation gate paths (SE, SLE, SPSE, RGSE, SASE's style branches): the detector that
+  fusion uses too (`sase_deploy.rewrite.gates`);
 - the SASE normalisation `Σm + eps` and its division;
 - reductions over large maps (FP16 accumulation risk).
 """
@@ -18,11 +18,12 @@ from onnx import numpy_helper
 
 from sase_deploy.graph_io import infer_shapes, name_nodes
 from sase_deploy.graph_io.ops import reduce_axes
+from sase_deploy.rewrite.gates import find_gates
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that accumulate over a map (FP16 accumulation risk: `large_reductions`).
 GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "ReduceSumSquare")
-SMALL_POOLED_MAP = 4  # AveragePool outputs up to 4x4 count as squeezed descriptors (SPSE/RGSE)
 EPS_LIMIT = 1e-2  # a constant added to a denominator below this is an epsilon
 
 
@@ -37,7 +38,7 @@ def with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class GraphIndex:
-    """Producers, consumers, constants and static shapes of one graph."""
+    """Producers, constants and static shapes of one graph."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
@@ -51,12 +52,9 @@ class GraphIndex:
                 if attr.name == "value":
                     self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
         self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for out in node.output:
                 self.producer[out] = node
-            for inp in node.input:
-                self.consumers.setdefault(inp, []).append(node)
         self.shapes: dict[str, tuple[int | None, ...]] = {}
         for vi in (*graph.input, *graph.value_info, *graph.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
@@ -78,59 +76,11 @@ def _reduce_axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
     return reduce_axes(attribute, axes_input, len(inputs))
 
 
-def _is_squeeze(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    """A global (spatial) pooling: the start of an SE-style descriptor path."""
-    if node.op_type in GLOBAL_POOLS:
-        return True
-    shape = index.shapes.get(node.input[0]) if node.input else None
-    if node.op_type in REDUCTIONS:
-        axes = _reduce_axes(index, node)
-        if axes is None or shape is None:
-            return False
-        rank = len(shape)
-        normalised = {a % rank for a in axes} if axes else set(range(rank))
-        return rank >= 3 and set(range(2, rank)) <= normalised and 0 not in normalised
-    if node.op_type in ("AveragePool", "MaxPool"):
-        out_shape = index.shapes.get(node.output[0])
-        return (
-            out_shape is not None
-            and len(out_shape) == 4
-            and all(d is not None and d <= SMALL_POOLED_MAP for d in out_shape[2:])
-        )
-    return False
-
-
 def gate_path_nodes(model: onnx.ModelProto) -> set[str]:
-    """Nodes that compute an attention gate from pooled descriptors (pool -> MLP -> sigmoid).
-
-    A node belongs when every dynamic input descends from a global pooling and a Mul that
-    rescales a non-pooled tensor is reachable from it through such nodes. The pooling itself and
-    that final Mul are not included (the Mul scales the full map).
-    """
-    index = GraphIndex(model)
-    pooled: set[str] = set()  # tensors computed only from pooled descriptors
-    descriptor_nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:  # graph.node is topologically sorted
-        if _is_squeeze(index, node):
-            pooled.update(node.output)
-            continue
-        inputs = index.dynamic_inputs(node)
-        if inputs and all(i in pooled for i in inputs):
-            pooled.update(node.output)
-            descriptor_nodes.append(node)
-    gates: set[str] = set()
-    reaches_mul: set[str] = set()
-    for node in reversed(model.graph.node):
-        if node.name in {n.name for n in descriptor_nodes}:
-            for out in node.output:
-                for consumer in index.consumers.get(out, []):
-                    ins = index.dynamic_inputs(consumer)
-                    mixes = consumer.op_type == "Mul" and any(i not in pooled for i in ins)
-                    if mixes or any(o in reaches_mul for o in consumer.output):
-                        reaches_mul.update(node.output)
-            if any(o in reaches_mul for o in node.output):
-                gates.add(node.name)
-    return gates
+    """Nodes on the paths of the model's SE-family gates and SASE style branches: from the
+    pooling to the gate value (pool -> MLP -> sigmoid), as `rewrite.gates` finds them for
+    fusion too. `model` must have unique node names (`named_copy`)."""
+    return {name for gate in find_gates(model) for name in gate.path}
 
 
 def residual_adds(model: onnx.ModelProto) -> set[str]:

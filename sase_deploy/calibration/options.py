@@ -38,6 +38,9 @@ class PrecisionOptions:
     eval_samples: int = 256
 
 
+HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 models compute where they are not quantised
+
+
 @dataclass(frozen=True, kw_only=True)
 class CalibrateOptions(PrecisionOptions):
     """`calibrate_onnx`'s options: `PrecisionOptions` (512 samples by default) plus these.
@@ -48,6 +51,11 @@ class CalibrateOptions(PrecisionOptions):
         percentile: for `method="percentile"`, in (0, 100].
         quantize_gates: quantise SE gate paths too (kept float by default).
         trt_version: TensorRT version named in the cache header.
+        high_precision: what the layers left unquantised compute in: "fp16" (default: Q/DQ
+            scales and every float node in FP16 except `fp16_keep_list`'s, float32 I/O; opset
+            19) or "fp32" (the float graph as it was).
+        min_channels: leave Conv/Gemm/MatMul with fewer channels than this unquantised
+            (`qdq.small_weighted_nodes`; 0: quantise every one).
     """
 
     samples: int | None = 512
@@ -56,6 +64,8 @@ class CalibrateOptions(PrecisionOptions):
     percentile: float = 99.99
     quantize_gates: bool = False
     trt_version: str = trt_cache.DEFAULT_TRT_VERSION
+    high_precision: str = "fp16"
+    min_channels: int = 0
 
     def validate(self) -> None:
         """Raise `UserError` for a value calibration cannot use, before any work."""
@@ -68,6 +78,12 @@ class CalibrateOptions(PrecisionOptions):
                 f"--percentile {self.percentile:g}: give a value in (0, 100], e.g. 99.99"
             )
         trt_cache.trt_version_code(self.trt_version)
+        if self.min_channels < 0:
+            raise UserError(f"--min-channels {self.min_channels}: give 0 or a positive count")
+        if self.high_precision not in HIGH_PRECISIONS:
+            raise UserError(
+                f"--high-precision {self.high_precision}: choose {' or '.join(HIGH_PRECISIONS)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

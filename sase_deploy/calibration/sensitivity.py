@@ -6,6 +6,9 @@ Metrics (vs the FP32 model on the same feeds):
 - generation: PSNR in dB of the first output against FP32 (peak = FP32's value range); the cost
   is measured against a minimum PSNR.
 
+Both come from `sase_deploy.runtime.compare`, the report's own definitions: a sample whose logits
+hold NaN/Inf predicts no class, and outputs with NaN/Inf score -inf dB (the report shows null).
+
 `auto_keep` measures each candidate node's effect alone (only that node lowered), ranks them and
 greedily keeps the most harmful in higher precision until the whole model meets the tolerance.
 ORT's `qdq_loss_debug` compares activations tensor by tensor but not end-task metrics per layer,
@@ -17,25 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 
 from sase_deploy.calibration.sources import CalibrationSource
 from sase_deploy.console import progress
-from sase_deploy.engines.ort import OrtRunner
-
-Task = Literal["classification", "generation"]
-
-
-def psnr(ref: np.ndarray, got: np.ndarray) -> float:
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    mse = float(np.mean((ref64 - got64) ** 2))
-    peak = float(ref64.max() - ref64.min()) or 1.0
-    if not np.isfinite(mse):
-        return -math.inf
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+from sase_deploy.runtime.compare import data_range, psnr, top1, top1_agreement
+from sase_deploy.runtime.ort import OrtRunner
+from sase_deploy.vocabulary import Task
 
 
 @dataclass
@@ -76,14 +70,14 @@ class Evaluator:
             return [runner.infer(feed)[first] for feed in self.feeds]
 
     def score(self, model: onnx.ModelProto) -> float:
-        got = self.outputs(model)
+        got = np.concatenate(self.outputs(model))
+        ref = np.concatenate(self.reference)
         if self.task == "generation":
-            return psnr(np.concatenate(self.reference), np.concatenate(got))
-        predicted = np.concatenate([g.reshape(len(g), -1).argmax(1) for g in got])
+            value = psnr(ref, got, data_range(ref))
+            return -math.inf if value is None else value  # NaN/Inf outputs: the worst score
         if self.labels is not None:
-            return 100.0 * float(np.mean(predicted == self.labels))
-        expected = np.concatenate([r.reshape(len(r), -1).argmax(1) for r in self.reference])
-        return 100.0 * float(np.mean(predicted == expected))
+            return 100.0 * float(np.mean(top1(got) == self.labels))
+        return 100.0 * top1_agreement(ref, got)
 
     def baseline(self) -> float:
         """The FP32 model's own score (accuracy, 100 % agreement, or infinite PSNR)."""

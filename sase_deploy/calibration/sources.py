@@ -10,7 +10,6 @@ which feeds whole batches of exactly that size whatever batch size the caller as
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import zipfile
 import zlib
@@ -22,34 +21,12 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
+from sase_deploy.artifacts import ExportManifest, manifest_path, try_read
 from sase_deploy.errors import UserError
+from sase_deploy.graph_io import GraphInput, graph_inputs, random_feed
 from sase_deploy.models.spec import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-@dataclass(frozen=True)
-class GraphInput:
-    """A float input of the ONNX graph: name and shape (dynamic dims are None)."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype[Any]
-
-
-def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
-    initializers = {init.name for init in model.graph.initializer}
-    result = []
-    for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
-        tensor_type = vi.type.tensor_type
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
-        )
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        result.append(GraphInput(vi.name, dims, dtype))
-    return tuple(result)
 
 
 class CalibrationSource(Protocol):
@@ -284,7 +261,7 @@ class LatentSource:
         rng = np.random.default_rng(self.seed)
         for start in range(0, self.num_samples, batch_size):
             n = min(batch_size, self.num_samples - start)
-            feed = {}
+            shapes = []
             for inp in self.inputs:
                 if any(d is None for d in inp.shape[1:]):
                     raise UserError(
@@ -292,8 +269,8 @@ class LatentSource:
                         "export with fixed shapes or calibrate from an .npz"
                     )
                 shape = (n, *(int(d) for d in inp.shape[1:] if d is not None))
-                feed[inp.name] = rng.standard_normal(shape).astype(inp.dtype)
-            yield feed
+                shapes.append((inp.name, shape, inp.dtype))
+            yield random_feed(shapes, rng)
 
     def labels(self) -> np.ndarray | None:
         return None
@@ -362,19 +339,9 @@ class FixedBatchSource:
 
 def manifest_model_name(onnx_path: str | os.PathLike[str]) -> str | None:
     """The registry model named by the export manifest beside `OUT.onnx`, if there is one."""
-    path = Path(onnx_path)
-    manifest = path.with_name(path.name.removesuffix(".onnx") + ".manifest.json")
-    if not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return None
-    source = data.get("source") if isinstance(data, dict) else None
-    if not isinstance(source, dict) or source.get("kind") != "registry":
-        return None  # a factory path or TorchScript file has no registry defaults
-    model = source.get("model")
-    return model if isinstance(model, str) else None
+    manifest = try_read(manifest_path(Path(onnx_path)), ExportManifest)
+    # a factory path or TorchScript file has no registry defaults
+    return manifest.registry_model if manifest is not None else None
 
 
 def registry_preprocess(model_name: str | None) -> Preprocess | None:

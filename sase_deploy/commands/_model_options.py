@@ -33,7 +33,7 @@ def model_options(func: _Command) -> _Command:
         output_names: tuple[str, ...],
         **kwargs: Any,
     ) -> Any:
-        from sase_deploy.export.source import parse_model_args, parse_shape
+        from sase_deploy.models.source import parse_model_args, parse_shape
 
         options = ModelOptions(
             checkpoint=checkpoint,

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from sase_deploy.console import emit_json, progress
-from sase_deploy.engines.plan import BACKENDS, PRECISIONS
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import BACKENDS, PRECISIONS, Backend, Precision
 
 
 def parse_batch(text: str | None) -> tuple[int, int, int] | None:
@@ -61,14 +61,14 @@ def parse_batch(text: str | None) -> tuple[int, int, int] | None:
 def build_command(
     model_path: Path,
     target: str,
-    precision: str,
+    precision: Precision,
     calibration: Path | None,
     data: str | None,
     samples: int,
     batch: str | None,
     workspace_mb: int | None,
     timing_cache: Path | None,
-    backend: str,
+    backend: Backend,
     dla_core: int | None,
     output_dir: Path,
     as_json: bool,
@@ -77,7 +77,8 @@ def build_command(
     a TensorRT engine (on a matching GPU), an ONNX Runtime model, or a bundle that builds the
     engine on the device (Jetson). FP16/INT8 graphs are made first where the builder is
     strongly typed; an identical request reuses the cached artifact."""
-    from sase_deploy.engines.build import BuildRequest, build
+    from sase_deploy.engines.build import build
+    from sase_deploy.engines.request import BuildRequest
 
     request = BuildRequest(
         onnx=model_path,
@@ -102,7 +103,7 @@ def build_command(
         return
     verb = "reused (cache hit)" if result.cached else "wrote"
     click.echo(f"{verb} {result.artifact} ({result.backend}, {result.precision}, {result.target})")
-    if result.manifest.get("layers") is not None:
+    if result.manifest.layers is not None:
         types = ", ".join(f"{k} {v}" for k, v in list(summary["layer_types"].items())[:6])
         click.echo(
             f"  {summary['layers']} layers ({types}); "

@@ -52,6 +52,16 @@ from sase_deploy.console import stage_progress
 @click.option(
     "--quantize-gates", is_flag=True, help="Also quantise SE gate paths (kept float by default)."
 )
+@click.option(
+    "--high-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+    help="What layers left unquantised compute in (fp16: FP16 Q/DQ scales, opset 19; fp32: "
+    "the float graph as it was).",
+)  # fmt: skip
+@click.option(
+    "--min-channels", type=int, default=0, show_default=True, metavar="N",
+    help="Leave Conv/Gemm/MatMul with fewer than N channels unquantised (INT8 is slower than "
+    "FP16 there; ModelOpt uses 16).",
+)  # fmt: skip
 @auto_keep_option(
     "Keep the fewest layers in float to meet TOL: max top-1 drop in points "
     "(classification) or min PSNR in dB (generators)."
@@ -74,6 +84,8 @@ def calibrate_command(
     batch: int | None,
     output_dir: Path,
     quantize_gates: bool,
+    high_precision: str,
+    min_channels: int,
     auto_keep: float | None,
     eval_samples: int,
     trt_version: str,
@@ -84,7 +96,8 @@ def calibrate_command(
 ) -> None:
     """Calibrate IN.onnx on --data and write, atomically, into -o DIR:
 
-    NAME.int8.onnx (symmetric INT8 Q/DQ for TensorRT 11 / ORT), NAME.calib.cache (TensorRT 10
+    NAME.int8.onnx (symmetric INT8 Q/DQ for TensorRT 11 / ORT, FP16 where not quantised
+    unless --high-precision fp32), NAME.calib.cache (TensorRT 10
     implicit-INT8 cache) and NAME.calib.json (per-tensor ranges, method, data, sha256).
     """
     from sase_deploy.calibration.api import calibrate_onnx
@@ -102,6 +115,8 @@ def calibrate_command(
         percentile=percentile,
         quantize_gates=quantize_gates,
         trt_version=trt_version,
+        high_precision=high_precision,
+        min_channels=min_channels,
     )
     with stage_progress() as progress:
         result = calibrate_onnx(model_path, data, output_dir, options, progress=progress)

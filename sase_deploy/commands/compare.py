@@ -202,6 +202,29 @@ def print_table(doc: dict[str, Any], console: Console | None = None) -> None:
     console.print(fits[0] if fits else _stacked(doc))
 
 
+def per_layer_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per candidate with per-layer errors: the first layer that adds error, and the
+    layers that add the most."""
+    lines = []
+    for c in doc["candidates"]:
+        found = c.get("per_layer")
+        if not found:
+            continue
+        first = found["first_divergence"]
+        rows = {row["tensor"]: row for row in found["layers"]}
+        head = "no layer adds error"
+        if first is not None:
+            row = rows[first]
+            head = (
+                f"first divergence at {first} ({row['op']}, rel err {_fmt(row['rel_err'], '.2e')})"
+            )
+        worst = ", ".join(
+            f"{row['tensor']} +{_fmt(row['jump'], '.2e')}" for row in found["worst"][:3]
+        )
+        lines.append(f"per layer {c['name']}: {head}; adds most: {worst}")
+    return lines
+
+
 def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str) -> None:
     """Print the result (table or one JSON object) and each warning on stderr, then exit 1
     through ParityError on failure."""
@@ -217,6 +240,8 @@ def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str
         emit_json({"command": command, "reports": [str(p) for p in reports], **summary(doc)})
     else:
         print_table(doc)
+        for line in per_layer_lines(doc):
+            click.echo(line)
         for path in reports:
             click.echo(f"wrote {path}")
     if doc["verdict"] == "fail":
@@ -238,6 +263,11 @@ def finish(doc: dict[str, Any], reports: list[Path], as_json: bool, command: str
     "--report", "reports", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report: .json, .md or .html (repeatable).",
 )  # fmt: skip
+@click.option(
+    "--per-layer", is_flag=True,
+    help="Also find where each ONNX candidate's error comes from: every tensor it shares with "
+    "the FP32 ONNX (REFERENCE or a candidate) compared, the first layer that adds error named.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def compare_command(
     reference: str,
@@ -251,6 +281,7 @@ def compare_command(
     warmup: int | None,
     tolerances: tuple[str, ...],
     reports: tuple[Path, ...],
+    per_layer: bool,
     as_json: bool,
 ) -> None:
     """Compare ONNX models and engines with a reference (a model or an ONNX file): accuracy per
@@ -266,7 +297,9 @@ def compare_command(
     from sase_deploy.report.reference import load_reference
 
     opts = replace(
-        compare_options(data, samples, batches, runs, warmup, tolerances), preprocess=preprocess
+        compare_options(data, samples, batches, runs, warmup, tolerances),
+        preprocess=preprocess,
+        per_layer="always" if per_layer else "never",
     )
     check_report_paths(reports)
     found = resolve_candidates(candidates)

@@ -25,8 +25,9 @@ def _requests(
 ) -> list[Any]:
     """One DeployRequest per model: from MODEL and options, or from the TOML config (options
     given on the command line win over the file)."""
-    from sase_deploy.deploy.api import PRECISIONS, DeployRequest
+    from sase_deploy.deploy.api import DeployRequest
     from sase_deploy.deploy.config import load_config
+    from sase_deploy.vocabulary import PRECISIONS
 
     if config is None:
         if model is None:

@@ -120,5 +120,5 @@ def _echo_summary(result: ExportResult) -> None:
         f"<= {bound or format(parity['tolerance'], 'g')} at batch "
         f"{[r['batch'] for r in parity['runs']]}"
     )
-    for note_text in result.manifest["notes"]:
+    for note_text in result.manifest.notes:
         note(f"note: {note_text}")

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from sase_deploy._timing import QUIET, StageProgress
+from sase_deploy.artifacts import artifact_path, calibration_path, model_stem
 from sase_deploy.deploy.state import SKIPPED, DeployState, file_digest
 from sase_deploy.errors import UserError
 from sase_deploy.models.spec import ModelOptions
 from sase_deploy.report.api import CompareOptions
+from sase_deploy.vocabulary import PRECISIONS, Precision
 
 DEFAULT_TARGET = "rtx"
-PRECISIONS = ("fp32", "fp16", "int8")
 REPORT_FORMATS = ("json", "md", "html")
 TRITON_RTX = (
     "TensorRT-RTX engines, which stock Triton's tensorrt_plan backend cannot load (the ONNX "
@@ -57,7 +58,7 @@ class DeployRequest:
     model_options: ModelOptions = field(default_factory=ModelOptions)
     dynamic_batch: bool | None = None
     targets: tuple[str, ...] = ()
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[Precision, ...] = PRECISIONS
     data: str | None = None
     eval_data: str | None = None
     preprocess: Mapping[str, Any] = field(default_factory=dict)
@@ -139,7 +140,7 @@ def _validate(request: DeployRequest) -> None:
 
 def _model_name(request: DeployRequest) -> tuple[str, Any]:
     from sase_deploy.export.api import default_output
-    from sase_deploy.export.source import resolve_model
+    from sase_deploy.models.source import resolve_model
 
     given = request.model_options
     source = resolve_model(
@@ -209,9 +210,9 @@ def _fp16(run: _Run, export: Path, calibration: Path | None) -> Path:
     `build` converts for an engine, so the engines' FP16 graph is this same file (shared)."""
     from sase_deploy.calibration.api import convert_onnx
 
-    stem = export.name[: -len(".onnx")]
-    dest = export.with_name(f"{stem}.fp16.onnx")
-    calib_json = calibration / f"{stem}.calib.json" if calibration is not None else None
+    stem = model_stem(export)
+    dest = artifact_path(export.parent, stem, "fp16", ".onnx")
+    calib_json = calibration_path(calibration, stem, "calib.json") if calibration else None
     facts = {"onnx": file_digest(export), "calib_json": file_digest(calib_json)}
 
     def produce() -> list[Path]:
@@ -301,7 +302,8 @@ def _engines(
     run: _Run, export: Path, calibration: Path | None, targets: Sequence[str]
 ) -> tuple[list[Path], list[str]]:
     """Build every target x precision; a rejected build is noted and the rest go on."""
-    from sase_deploy.engines.build import BuildRequest, build
+    from sase_deploy.engines.build import build
+    from sase_deploy.engines.request import BuildRequest
 
     artifacts, failures = [], []
     for target in targets:
@@ -346,7 +348,11 @@ def _compare(run: _Run, artifacts: Sequence[Path], task: str) -> tuple[dict[str,
     if eval_data is None and not own_data and task != "generation" and request.data:
         eval_data = request.data
         run.notes.append("compared on the calibration data (--data); pass --eval-data for held-out")
-    options = replace(request.compare, data=eval_data, preprocess=request.preprocess)
+    # a failing candidate's report says where its error comes from (the fused FP32 ONNX is
+    # always a candidate to compare its layers with)
+    options = replace(
+        request.compare, data=eval_data, preprocess=request.preprocess, per_layer="failing"
+    )
     doc = compare(reference, resolve_candidates(artifacts), options, progress=run.progress)
     doc["notes"] = list(run.notes)
     for row in doc["candidates"]:  # the report lives in OUT: paths relative to it

@@ -82,7 +82,7 @@ def _path(value: Any, base: Path, key: str, where: str) -> str:
 
 def _model_entry(entry: dict[str, Any], raw: dict[str, Any], base: Path, at: str) -> dict[str, Any]:
     """One [[models]] entry, completed from the top level, its values checked and parsed."""
-    from sase_deploy.export.source import parse_shape
+    from sase_deploy.models.source import parse_shape
 
     merged: dict[str, Any] = {k: raw[k] for k in INHERITED_KEYS if k in raw}
     merged.update(entry)

@@ -1,35 +1,40 @@
 """Stage skipping for `deploy`: a stage re-runs only when its inputs or its outputs changed.
 
-`OUT/deploy.state.json` records, per stage, a key (sha256 of the facts the stage depends on:
-options, versions, sha256 of input files) and the sha256 of each file it wrote. A stage whose key
+`OUT/deploy.state.json` (`artifacts.DeployStateRecord`) records, per stage, a key (`fact_key` of
+the facts the stage depends on: options, versions, sha256 of input files) and the sha256 of each
+file it wrote (`outputs_sha256`). A stage whose key
 matches and whose outputs are intact is skipped. The state file is rewritten atomically after each
 stage, so a killed deploy resumes where it stopped.
 
 The outputs are recorded relative to OUT, so the same deploy run from another directory (or with
-OUT spelled another way) finds them; state files from before, with absolute paths, still work.
+OUT spelled another way) finds them; state files from before, with absolute paths, still work,
+as do those of format /1 (sase-deploy 0.2.0, `outputs` for `outputs_sha256`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sase_deploy import __version__
-from sase_deploy._io import sha256_model, write_json_atomic
+from sase_deploy._io import sha256_model
+from sase_deploy.artifacts import (
+    DeployStateRecord,
+    StageRecord,
+    fact_key,
+    try_read,
+    write_record,
+)
 
 STATE_FILE = "deploy.state.json"
-STATE_FORMAT = "sase-deploy.deploy-state/1"
 SKIPPED = "inputs unchanged"  # why a fresh stage is skipped, as progress and --json say
 
 
 def stage_key(facts: dict[str, Any]) -> str:
-    """sha256 of the stage's facts (JSON, sorted keys) and this sase-deploy version."""
-    text = json.dumps({**facts, "sase_deploy": __version__}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """`fact_key` of the stage's facts and this sase-deploy version."""
+    return fact_key({**facts, "sase_deploy": __version__})
 
 
 def file_digest(path: Path | None) -> str | None:
@@ -43,21 +48,17 @@ class DeployState:
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
         self.path = self.out / STATE_FILE
-        self.stages: dict[str, dict[str, Any]] = {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        if isinstance(data, dict) and data.get("format") == STATE_FORMAT:
-            self.stages = dict(data.get("stages", {}))
+        # an unreadable or unknown state file is no record: every stage runs again
+        found = try_read(self.path, DeployStateRecord)
+        self.stages: dict[str, StageRecord] = dict(found.stages) if found else {}
 
     def fresh(self, name: str, key: str) -> list[Path] | None:
         """The outputs of stage `name` if it ran with `key` and they are intact, else None."""
         entry = self.stages.get(name)
-        if not entry or entry.get("key") != key:
+        if entry is None or entry.key != key:
             return None
         outputs = []
-        for recorded, digest in entry.get("outputs", {}).items():
+        for recorded, digest in entry.outputs_sha256.items():
             path = self.out / recorded  # an absolute path (older state files) stays as it is
             if not path.is_file() or file_digest(path) != digest:
                 return None
@@ -69,11 +70,9 @@ class DeployState:
         return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.out))).as_posix()
 
     def record(self, name: str, key: str, outputs: Sequence[Path]) -> None:
-        self.stages[name] = {
-            "key": key,
-            "outputs": {self.relative(p): file_digest(p) for p in outputs},
-        }
-        write_json_atomic(self.path, {"format": STATE_FORMAT, "stages": self.stages})
+        digests = {self.relative(p): file_digest(p) for p in outputs}
+        self.stages[name] = StageRecord(key=key, outputs_sha256=digests)
+        write_record(self.path, DeployStateRecord(stages=self.stages))
 
     def run(
         self, name: str, facts: dict[str, Any], produce: Callable[[], Sequence[Path]]

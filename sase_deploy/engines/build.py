@@ -16,68 +16,43 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from sase_deploy import __version__
-from sase_deploy._io import (
-    atomic_path,
-    sha256_file,
-    sha256_model,
-    write_bytes_atomic,
-    write_json_atomic,
+from sase_deploy._io import atomic_path, sha256_file, sha256_model, write_bytes_atomic
+from sase_deploy.artifacts import (
+    ENGINE_FORMAT,
+    MANIFEST_SUFFIX,
+    BuiltOnnx,
+    EngineManifest,
+    artifact_path,
+    fact_key,
+    model_stem,
+    write_record,
 )
 from sase_deploy.engines.cache import (
-    cache_key,
     cached_manifest,
     check_engine_intact,
     hash_inputs,
     locked,
 )
 from sase_deploy.engines.flavours import Flavour
-from sase_deploy.engines.plan import BACKENDS, PRECISIONS, plan_backend
+from sase_deploy.engines.plan import plan_backend
 from sase_deploy.engines.precision import (
-    Stage,
     graph_precision,
-    model_stem,
     prepare_onnx,
     reads_typed_graph,
 )
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.engines.targets import Target, check_request, get_target
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import PRECISIONS, StageCallback
 
 DEFAULT_BATCH = (1, 8, 8)
-MANIFEST_FORMAT = "sase-deploy.engine/1"
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """One `sase-deploy build` call.
-
-    onnx: the input model (FP32 export, or already FP16 / INT8). target: a target name
-    (`sase-deploy targets`). precision: fp32 | fp16 | int8. output_dir: artifacts go to
-    `output_dir/<target>/`. calibration: a `calibrate` output folder (INT8 ranges); data: a
-    calibration source (as for `calibrate --data`) used when no folder is given. batch:
-    (min, opt, max) of a dynamic batch dim. workspace_mb: builder workspace (default: the
-    target's). timing_cache: TensorRT timing cache file. backend: one of BACKENDS.
-    dla_core: build for this DLA core (Jetson). samples: calibration samples for `data`.
-    """
-
-    onnx: Path
-    target: str
-    output_dir: Path
-    precision: str = "fp32"
-    calibration: Path | None = None
-    data: str | None = None
-    batch: tuple[int, int, int] | None = None
-    workspace_mb: int | None = None
-    timing_cache: Path | None = None
-    backend: str = "auto"
-    dla_core: int | None = None
-    samples: int = 512
 
 
 @dataclass
@@ -90,10 +65,10 @@ class BuildResult:
     artifact: Path
     manifest_path: Path
     cached: bool
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: EngineManifest
 
     def to_dict(self) -> dict[str, Any]:
-        facts = {k: self.manifest.get(k) for k in ("build_seconds", "engine_bytes", "layers")}
+        made = self.manifest
         return {
             "target": self.target,
             "backend": self.backend,
@@ -101,10 +76,12 @@ class BuildResult:
             "artifact": str(self.artifact),
             "manifest": str(self.manifest_path),
             "cached": self.cached,
-            "built_onnx": self.manifest.get("built_onnx", {}).get("path"),
-            **facts,
-            "layer_types": self.manifest.get("layer_types"),
-            "tensor_dtypes": self.manifest.get("tensor_dtypes"),
+            "built_onnx": str(made.built_onnx.path),
+            "build_seconds": made.build_seconds,
+            "engine_bytes": made.engine_bytes,
+            "layers": made.layers,
+            "layer_types": made.layer_types,
+            "tensor_dtypes": made.tensor_dtypes,
         }
 
 
@@ -112,11 +89,10 @@ def _input_profile(
     model: onnx.ModelProto, batch: tuple[int, int, int] | None
 ) -> dict[str, tuple[tuple[int, ...], ...]] | None:
     """(min, opt, max) shapes for inputs with a dynamic batch dim; None for a static graph."""
-    inits = {i.name for i in model.graph.initializer}
+    from sase_deploy.graph_io import real_inputs
+
     profile: dict[str, tuple[tuple[int, ...], ...]] = {}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
+    for value in real_inputs(model):
         dims = [
             d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
         ]
@@ -143,7 +119,7 @@ class _Plan:
     backend / flavour: from `plan_backend`. source_precision: `graph_precision` of the input.
     profile: (min, opt, max) shapes of dynamic-batch inputs, None for a static graph.
     workspace_mb: the request's, else the target's default. out_dir: `output_dir/<target>/`.
-    stem: `<model>.<precision>`, the artifact's file stem.
+    stem: `model_stem` of the input; precision: the request's (artifacts are `path(suffix)`).
     """
 
     target: Target
@@ -154,6 +130,11 @@ class _Plan:
     workspace_mb: int
     out_dir: Path
     stem: str
+    precision: str
+
+    def path(self, suffix: str) -> Path:
+        """`out_dir/<stem>.<precision><suffix>` (`artifacts.artifact_path`)."""
+        return artifact_path(self.out_dir, self.stem, self.precision, suffix)
 
 
 def _plan(request: BuildRequest) -> _Plan:
@@ -183,16 +164,17 @@ def _plan(request: BuildRequest) -> _Plan:
         profile=_input_profile(model, request.batch),
         workspace_mb=request.workspace_mb or target.default_workspace_mb,
         out_dir=request.output_dir / target.name,
-        stem=f"{model_stem(request.onnx)}.{request.precision}",
+        stem=model_stem(request.onnx),
+        precision=request.precision,
     )
 
 
 def _key_facts(request: BuildRequest, plan: _Plan) -> dict[str, Any]:
-    """Everything that decides the artifact's bytes: what `cache_key` hashes."""
+    """Everything that decides the artifact's bytes: with the manifest format, what the cache
+    key hashes; the engine manifest's first fields."""
     return {
-        "format": MANIFEST_FORMAT,
         "sase_deploy": __version__,
-        "inputs": hash_inputs(request),
+        "inputs_sha256": hash_inputs(request),
         "target": plan.target.to_dict(),
         "precision": request.precision,
         "backend": plan.backend,
@@ -204,8 +186,8 @@ def _key_facts(request: BuildRequest, plan: _Plan) -> dict[str, Any]:
     }
 
 
-def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
-    """Produce the artifact `request` asks for (see `BuildRequest`); cached by `cache_key`.
+def build(request: BuildRequest, on_stage: StageCallback | None = None) -> BuildResult:
+    """Produce the artifact `request` asks for (see `BuildRequest`); cached by its key facts.
 
     Args:
         request: what to build.
@@ -217,93 +199,77 @@ def build(request: BuildRequest, on_stage: Stage | None = None) -> BuildResult:
     stage = on_stage or (lambda _name: None)
     plan = _plan(request)
     key_facts = _key_facts(request, plan)
-    key = cache_key(key_facts)
-    manifest_path = plan.out_dir / f"{plan.stem}.manifest.json"
-    with locked(plan.out_dir / f".{plan.stem}.lock"):
+    key = fact_key({"format": ENGINE_FORMAT, **key_facts})
+    manifest_path = plan.path(MANIFEST_SUFFIX)
+    with locked(plan.out_dir / f".{plan.stem}.{plan.precision}.lock"):
         cached = cached_manifest(manifest_path, key)
         if cached is not None:
             return BuildResult(
                 plan.target.name,
                 plan.backend,
                 request.precision,
-                Path(cached["artifact"]),
+                Path(str(cached.artifact)),
                 manifest_path,
                 True,
                 cached,
             )
-        artifact, manifest = _make(request, plan, {**key_facts, "cache_key": key}, stage)
-        write_json_atomic(manifest_path, manifest)
+        artifact, manifest = _make(request, plan, key_facts, key, stage)
+        write_record(manifest_path, manifest)
     return BuildResult(
         plan.target.name, plan.backend, request.precision, artifact, manifest_path, False, manifest
     )
 
 
 def _make(
-    request: BuildRequest, plan: _Plan, keyed: dict[str, Any], stage: Stage
-) -> tuple[Path, dict[str, Any]]:
+    request: BuildRequest, plan: _Plan, facts: dict[str, Any], key: str, stage: StageCallback
+) -> tuple[Path, EngineManifest]:
     """Prepare the graph and produce the artifact; returns it and its manifest (not yet
-    written), which starts with `keyed`: the key facts and their `cache_key`."""
+    written), which starts with the key `facts` and their `key`."""
     typed = reads_typed_graph(plan.backend, plan.flavour, plan.target)
-    built_onnx, made = prepare_onnx(request, plan.source_precision, plan.out_dir, typed, stage)
-    manifest: dict[str, Any] = {
-        **keyed,
-        "source_onnx": {"path": str(request.onnx), "precision": plan.source_precision},
-        "built_onnx": {
-            "path": str(built_onnx),
-            "sha256": sha256_model(built_onnx),
-            **_plain(made),
-        },
-    }
+    made = prepare_onnx(request, plan.source_precision, plan.out_dir, typed, stage)
+    manifest = EngineManifest(
+        **facts,
+        cache_key=key,
+        source_onnx={"path": str(request.onnx), "precision": plan.source_precision},
+        built_onnx=made,
+        built_onnx_sha256=sha256_model(made.path),
+    )
     stage(f"build {plan.backend}")
-    artifact = _produce(request, plan, built_onnx, made, manifest)
-    manifest["artifact"] = str(artifact)
-    manifest["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    artifact = _produce(request, plan, made, manifest)
+    manifest.artifact = str(artifact)
+    manifest.created_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return artifact, manifest
 
 
-def _plain(facts: dict[str, Any]) -> dict[str, Any]:
-    """Paths as strings, for JSON."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in facts.items()}
-
-
-def _produce(
-    request: BuildRequest,
-    plan: _Plan,
-    onnx_path: Path,
-    made: dict[str, Any],
-    manifest: dict[str, Any],
-) -> Path:
-    """Write the artifact for the plan's backend from `onnx_path` (made as `made` says) and add
-    its facts to `manifest`."""
+def _produce(request: BuildRequest, plan: _Plan, made: BuiltOnnx, manifest: EngineManifest) -> Path:
+    """Write the artifact for the plan's backend from the graph `made` and add its facts to
+    `manifest`."""
+    onnx_path = made.path
     if plan.backend == "onnxruntime":
-        return _write_ort_model(onnx_path, plan.out_dir / f"{plan.stem}.onnx", manifest)
+        return _write_ort_model(onnx_path, plan.path(".onnx"), manifest)
     if plan.backend == "bundle":
         from sase_deploy.engines.bundle import write_bundle
 
-        out = plan.out_dir / f"{plan.stem}.bundle"
-        manifest["bundle"] = write_bundle(
+        out = plan.path(".bundle")
+        manifest.bundle = write_bundle(
             out,
             plan.target,
             onnx_path,
             request.precision,
-            calib_cache=made.get("calib_cache"),
+            calib_cache=made.calib_cache,
             shapes=plan.profile,
             workspace_mb=plan.workspace_mb,
             dla_core=request.dla_core,
-            manifest=manifest,
-            strongly_typed_graph=request.precision != "fp32" and not made.get("flags"),
+            manifest=manifest.to_dict(),
+            strongly_typed_graph=request.precision != "fp32" and not made.flags,
             link_onnx=onnx_path != request.onnx,  # made here (convert / calibrate): ours
         )
         return out
-    return _build_engine(request, plan, onnx_path, made, manifest)
+    return _build_engine(request, plan, made, manifest)
 
 
 def _build_engine(
-    request: BuildRequest,
-    plan: _Plan,
-    onnx_path: Path,
-    made: dict[str, Any],
-    manifest: dict[str, Any],
+    request: BuildRequest, plan: _Plan, made: BuiltOnnx, manifest: EngineManifest
 ) -> Path:
     """Build a TensorRT or TensorRT-RTX engine here, write it and add its facts to `manifest`."""
     from sase_deploy.engines.tensorrt import BuildOptions, build_engine
@@ -315,30 +281,26 @@ def _build_engine(
         profile=plan.profile,
         workspace_mb=plan.workspace_mb,
         timing_cache=request.timing_cache,
-        flags=tuple(made.get("flags", ())),
-        calib_cache=made.get("calib_cache") if made.get("flags") else None,
+        flags=made.flags,
+        calib_cache=made.calib_cache if made.flags else None,
         dla_core=request.dla_core,
     )
-    built = build_engine(onnx_path, plan.flavour, options)
-    engine_path = write_bytes_atomic(plan.out_dir / f"{plan.stem}.engine", built.engine)
-    manifest.update(
-        {
-            "build_seconds": round(built.seconds, 3),
-            "engine_bytes": len(built.engine),
-            "artifact_sha256": hashlib.sha256(built.engine).hexdigest(),
-            "layers": len(built.layers),
-            "layer_types": built.layer_types,
-            "tensor_dtypes": built.output_dtypes,
-            "layer_table": built.layers,
-            "builder_log": built.log,
-        }
-    )
+    built = build_engine(made.path, plan.flavour, options)
+    engine_path = write_bytes_atomic(plan.path(".engine"), built.engine)
+    manifest.build_seconds = round(built.seconds, 3)
+    manifest.engine_bytes = len(built.engine)
+    manifest.sha256 = hashlib.sha256(built.engine).hexdigest()
+    manifest.layers = len(built.layers)
+    manifest.layer_types = built.layer_types
+    manifest.tensor_dtypes = built.output_dtypes
+    manifest.layer_table = built.layers
+    manifest.builder_log = built.log
     return engine_path
 
 
-def _write_ort_model(onnx_path: Path, dest: Path, manifest: dict[str, Any]) -> Path:
+def _write_ort_model(onnx_path: Path, dest: Path, manifest: EngineManifest) -> Path:
     """The model ONNX Runtime runs, checked by creating a CPU session."""
-    from sase_deploy.engines.ort import OrtRunner
+    from sase_deploy.runtime.ort import OrtRunner
 
     if onnx_path.resolve() != dest.resolve():
         with atomic_path(dest) as tmp:
@@ -346,14 +308,11 @@ def _write_ort_model(onnx_path: Path, dest: Path, manifest: dict[str, Any]) -> P
     runner = OrtRunner(dest)
     with runner:
         providers: list[str] = runner.session.get_providers() if runner.session else []
-    manifest.update({"artifact_sha256": sha256_file(dest), "providers": providers})
+    manifest.sha256, manifest.providers = sha256_file(dest), providers
     return dest
 
 
 __all__ = [
-    "BACKENDS",
-    "PRECISIONS",
-    "BuildRequest",
     "BuildResult",
     "build",
     "check_engine_intact",

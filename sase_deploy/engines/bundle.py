@@ -6,8 +6,9 @@ calibration cache if any, `build.sh` running `trtexec` with arguments checked ag
 TensorRT's option set (`sase_deploy.engines.trtexec`), `manifest.json` and a README.
 
 Which ONNX each precision ships with (`strongly_typed_graph` = the ONNX carries its precision):
-  TensorRT 8.5/8.6  fp16: FP32 graph + --fp16. int8: FP32 graph + --int8 --calib=CACHE
-                    (implicit), or the Q/DQ graph + --int8 (explicit quantization).
+  TensorRT 8.5/8.6  fp16: FP32 graph + --fp16. int8: FP32 graph + --int8 --fp16 --calib=CACHE
+                    (implicit), or the Q/DQ graph + --int8 --fp16 (explicit quantization); FP16
+                    wherever a layer is not INT8.
   TensorRT 10.x     as 8.x for FP32 graphs; a typed graph (FP16 casts / Q/DQ) builds with
                     --stronglyTyped, which TensorRT 11 also accepts, except on DLA where the 10.x
                     route is the precision flags.
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sase_deploy import __version__
-from sase_deploy._io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from sase_deploy._io import atomic_path, sha256_file, write_text_atomic
+from sase_deploy.artifacts import BUNDLE_MANIFEST, BundleManifest, write_record
 from sase_deploy.engines.cache import link_or_copy
 from sase_deploy.engines.targets import Target, check_request
 from sase_deploy.engines.trtexec import (
@@ -65,12 +67,12 @@ def inspect_onnx(onnx_path: Path) -> tuple[list[str], list[str]]:
     for location in found:
         if Path(location).is_absolute() or ".." in Path(location).parts:
             raise UserError(f"{onnx_path}: external data {location!r} must sit beside the model")
-    weights = {t.name for t in model.graph.initializer}
+    from sase_deploy.graph_io import real_inputs
+
     dynamic = [
         value.name
-        for value in model.graph.input
-        if value.name not in weights
-        and any(d.dim_param or d.dim_value < 1 for d in value.type.tensor_type.shape.dim)
+        for value in real_inputs(model)
+        if any(d.dim_param or d.dim_value < 1 for d in value.type.tensor_type.shape.dim)
     ]
     return sorted(found), dynamic
 
@@ -267,24 +269,23 @@ def _record(
     typed: bool,
     contents: _Contents,
     manifest: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+) -> BundleManifest:
     """The bundle's manifest.json, less the checksums `_write` adds."""
-    return {
-        "format": "sase-deploy.bundle/1",
-        "sase_deploy": __version__,
-        "target": target.to_dict(),
-        "tensorrt": {
+    return BundleManifest(
+        sase_deploy=__version__,
+        target=target.to_dict(),
+        tensorrt={
             "version": contents.label,
             "accepts": [VERSION_GLOBS[f] for f in contents.accepts],
         },
-        "precision": precision,
-        "strongly_typed_graph": typed,
-        "files": contents.files,
-        "trtexec_args": contents.args,
-        "sase_deploy_command": contents.cli,
-        "warnings": contents.warnings,
-        "source": json.loads(json.dumps(dict(manifest or {}), default=str)),  # Paths -> str
-    }
+        precision=precision,
+        strongly_typed_graph=typed,
+        files=contents.files,
+        trtexec_args=contents.args,
+        sase_deploy_command=contents.cli,
+        warnings=contents.warnings,
+        source=json.loads(json.dumps(dict(manifest or {}), default=str)),  # Paths -> str
+    )
 
 
 def write_bundle(
@@ -342,7 +343,7 @@ def write_bundle(
     linked = graph if link_onnx else set()
     written = _write(Path(out_dir), found.sources, texts, record, linked)
     return {"out_dir": str(out_dir), "files": written, **found.files, "build_script": "build.sh",
-            "manifest": "manifest.json", "readme": "README.md", "tensorrt": label,
+            "manifest": BUNDLE_MANIFEST, "readme": "README.md", "tensorrt": label,
             "trtexec_args": found.args, "warnings": found.warnings}  # fmt: skip
 
 
@@ -350,7 +351,7 @@ def _write(
     out_dir: Path,
     sources: dict[str, Path],
     texts: dict[str, str],
-    record: dict[str, Any],
+    record: BundleManifest,
     linked: set[str],
 ) -> list[str]:
     """Copy `sources` (hard-link those named in `linked`), write `texts` and the manifest (with
@@ -366,6 +367,6 @@ def _write(
     script = out_dir / "build.sh"
     script.chmod(script.stat().st_mode | 0o111)  # after the rename: atomic_path resets modes
     shipped = [*sources, *texts]
-    record["sha256"] = {name: sha256_file(out_dir / name) for name in shipped}
-    write_json_atomic(out_dir / "manifest.json", record)
-    return [*shipped, "manifest.json"]
+    record.files_sha256 = {name: sha256_file(out_dir / name) for name in shipped}
+    write_record(out_dir / BUNDLE_MANIFEST, record)
+    return [*shipped, BUNDLE_MANIFEST]

@@ -1,24 +1,23 @@
-"""The build cache: what an artifact's `cache_key` hashes, the lock around one artifact's build,
-the checks that an earlier artifact is still the one its manifest describes, and the sharing of
-identical files build writes (hard links: one copy on disk).
+"""The build cache: the input hashes an artifact's cache key covers, the lock around one
+artifact's build, the checks that an earlier artifact is still the one its manifest describes,
+and the sharing of identical files build writes (hard links: one copy on disk).
 
-`cache_key` is the sha256 of every fact that decides an artifact's bytes (input file hashes,
-target, precision, backend, TensorRT flavour, profile, …); an identical request finds the
-manifest with that key beside an intact artifact and returns it without building.
+The cache key (`artifacts.fact_key`) is the sha256 of every fact that decides an artifact's
+bytes (input file hashes, target, precision, backend, TensorRT flavour, profile, …); an
+identical request finds the manifest with that key beside an intact artifact and returns it
+without building.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
-import hashlib
-import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sase_deploy._io import (
     atomic_path,
@@ -29,11 +28,9 @@ from sase_deploy._io import (
     sweep_stale_temps,
     temp_prefix,
 )
-from sase_deploy.engines.precision import model_stem
+from sase_deploy.artifacts import EngineManifest, model_stem, try_read
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.errors import UserError
-
-if TYPE_CHECKING:  # build.py imports this module
-    from sase_deploy.engines.build import BuildRequest
 
 
 def hash_inputs(request: BuildRequest) -> dict[str, str | None]:
@@ -49,15 +46,6 @@ def hash_inputs(request: BuildRequest) -> dict[str, str | None]:
     elif request.precision == "int8" and request.data and Path(request.data).is_file():
         found["data"] = sha256_file(request.data)
     return found
-
-
-def cache_key(facts: dict[str, Any]) -> str:
-    """The hex sha256 of `facts` (JSON with sorted keys; paths and other objects as str).
-
-    Args:
-        facts: everything that decides the artifact's bytes.
-    """
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -105,40 +93,39 @@ def _acquire(path: Path) -> int:
         os.close(fd)
 
 
-def cached_manifest(manifest_path: Path, key: str) -> dict[str, Any] | None:
+def cached_manifest(manifest_path: Path, key: str) -> EngineManifest | None:
     """The manifest of an identical earlier build whose artifact is intact, else None.
 
     Args:
         manifest_path: where that build wrote its manifest.
-        key: the `cache_key` of the build asked for now.
+        key: the cache key of the build asked for now.
     """
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
-    recorded = manifest.get("artifact")
-    if manifest.get("cache_key") != key or not isinstance(recorded, str) or not recorded:
+    manifest = try_read(manifest_path, EngineManifest)
+    if manifest is None or manifest.cache_key != key:
+        return None  # an older format's key differs too (the format is hashed): rebuilt
+    recorded = manifest.artifact
+    if not isinstance(recorded, str) or not recorded:
         return None
     # The artifact lies beside its manifest: looked for there, not at the path recorded (which
     # is relative to where that build ran), so a deploy run from another directory finds it.
     artifact = manifest_path.parent / Path(recorded).name
     if not artifact.exists():
         return None
-    if artifact.is_file() and manifest.get("artifact_sha256") != sha256_file(artifact):
+    if artifact.is_file() and manifest.sha256 != sha256_file(artifact):
         return None  # replaced or truncated since: rebuild
-    return {**manifest, "artifact": str(artifact)}
+    return dataclasses.replace(manifest, artifact=str(artifact))
 
 
-def check_engine_intact(engine: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
+def check_engine_intact(engine: Path, manifest: EngineManifest, manifest_path: Path) -> None:
     """UserError when the engine file is not the one its build manifest describes (truncated,
     overwritten or damaged since the build); manifests without the facts pass.
 
     Args:
         engine: the engine file.
-        manifest: its build manifest, as read (`engine_bytes`, `artifact_sha256`).
+        manifest: its build manifest, as read (`engine_bytes`, `sha256`).
         manifest_path: where the manifest was read from (named in the error).
     """
-    size, digest = manifest.get("engine_bytes"), manifest.get("artifact_sha256")
+    size, digest = manifest.engine_bytes, manifest.sha256
     actual = engine.stat().st_size
     if (isinstance(size, int) and actual != size) or (
         isinstance(digest, str) and sha256_file(engine) != digest

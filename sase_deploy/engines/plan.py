@@ -7,9 +7,7 @@ from collections.abc import Callable
 from sase_deploy.engines.flavours import Flavour, find_flavour
 from sase_deploy.engines.targets import Target, local_target
 from sase_deploy.errors import UserError
-
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "bundle")
+from sase_deploy.vocabulary import BACKENDS, PRECISIONS
 
 
 def build_precisions(target: Target) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -9,22 +9,24 @@ a data source.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from sase_deploy._io import sha256_file
+from sase_deploy.artifacts import (
+    BuiltOnnx,
+    CalibrationRecord,
+    artifact_path,
+    calibration_path,
+    model_stem,
+    read_record,
+)
 from sase_deploy.engines.flavours import Flavour
+from sase_deploy.engines.request import BuildRequest
 from sase_deploy.engines.targets import Target
 from sase_deploy.errors import UserError
-
-if TYPE_CHECKING:  # build.py imports this module
-    from sase_deploy.engines.build import BuildRequest
-
-Stage = Callable[[str], None]
+from sase_deploy.vocabulary import StageCallback
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
@@ -42,19 +44,6 @@ def graph_precision(model: onnx.ModelProto) -> str:
     return "fp32"
 
 
-def model_stem(path: Path) -> str:
-    """The model name of an ONNX path, without `.onnx` and a precision suffix: the stem that
-    calibration files (`<stem>.calib.json`, …) and artifacts (`<stem>.<precision>.*`) share.
-
-    Args:
-        path: an ONNX file, e.g. `net.fp16.onnx` -> `net`.
-    """
-    name = path.name.removesuffix(".onnx")
-    for suffix in (".fp16", ".int8", ".fp32"):
-        name = name.removesuffix(suffix)
-    return name
-
-
 def reads_typed_graph(backend: str, flavour: Flavour | None, target: Target) -> bool:
     """True when the builder takes precision from the graph (FP16 casts / Q/DQ).
 
@@ -70,9 +59,13 @@ def reads_typed_graph(backend: str, flavour: Flavour | None, target: Target) -> 
 
 
 def prepare_onnx(
-    request: BuildRequest, source_precision: str, out_dir: Path, graph_typed: bool, stage: Stage
-) -> tuple[Path, dict[str, Any]]:
-    """The ONNX to build and how it was made.
+    request: BuildRequest,
+    source_precision: str,
+    out_dir: Path,
+    graph_typed: bool,
+    stage: StageCallback,
+) -> BuiltOnnx:
+    """The ONNX to build and how it was made (its sha256 is the caller's to add).
 
     Args:
         request: the build request (its onnx, precision, calibration, data and samples).
@@ -85,39 +78,40 @@ def prepare_onnx(
     """
     precision, stem = request.precision, model_stem(request.onnx)
     if source_precision == precision or precision == "fp32":
-        return request.onnx, {"made_by": "input"}
+        return BuiltOnnx(path=request.onnx, made_by="input")
     if precision == "fp16":
         if not graph_typed:
-            return request.onnx, {"made_by": "input", "flags": ["fp16"]}
+            return BuiltOnnx(path=request.onnx, made_by="input", flags=("fp16",))
         from sase_deploy.calibration import convert_onnx
         from sase_deploy.engines.cache import share_identical  # cache.py imports this module
 
         stage("convert fp16")
         calib_json = _calibration_file(request, "calib.json", required=False)
-        out = out_dir / f"{stem}.fp16.onnx"
+        out = artifact_path(out_dir, stem, "fp16", ".onnx")
         convert_onnx(request.onnx, out, precision="fp16", calib_json=calib_json)
-        made = {"made_by": "sase-deploy convert --precision fp16", "calib_json": calib_json}
+        # one file on disk, two names (hard link) where an identical graph is there already
         twin = share_identical(out, _fp16_twins(request, stem))
-        if twin is not None:  # one file on disk, two names (hard link)
-            made["shared_with"] = twin
-        return out, made
+        return BuiltOnnx(path=out, made_by="sase-deploy convert --precision fp16",
+                         calib_json=calib_json, shared_with=twin)  # fmt: skip
     int8_onnx, cache = _int8_files(request, out_dir, graph_typed, stage)
     if graph_typed and int8_onnx is not None:  # the Q/DQ graph carries the ranges: no cache
-        return int8_onnx, {"made_by": "sase-deploy calibrate (Q/DQ)"}
-    return request.onnx, {"made_by": "input", "flags": ["int8"], "calib_cache": cache}
+        return BuiltOnnx(path=int8_onnx, made_by="sase-deploy calibrate (Q/DQ)")
+    # INT8 + FP16 flags: layers left unquantised may run in FP16, as in the typed INT8 graph
+    flags = ("int8", "fp16")
+    return BuiltOnnx(path=request.onnx, made_by="input", flags=flags, calib_cache=cache)
 
 
 def _fp16_twins(request: BuildRequest, stem: str) -> list[Path]:
     """Where an identical FP16 graph may already be: `convert`'s default output beside the
     source (what `deploy` writes), and the graphs built for other targets in the same output."""
-    beside = request.onnx.with_name(f"{stem}.fp16.onnx")
-    return [beside, *sorted(request.output_dir.glob(f"*/{stem}.fp16.onnx"))]
+    beside = artifact_path(request.onnx.parent, stem, "fp16", ".onnx")
+    return [beside, *sorted(request.output_dir.glob(f"*/{beside.name}"))]
 
 
 def _calibration_file(request: BuildRequest, suffix: str, required: bool) -> Path | None:
     if request.calibration is None:
         return None
-    path = request.calibration / f"{model_stem(request.onnx)}.{suffix}"
+    path = calibration_path(request.calibration, model_stem(request.onnx), suffix)
     if path.is_file():
         return path
     if required:
@@ -133,10 +127,7 @@ def _check_calibration_model(request: BuildRequest) -> None:
     calib_json = _calibration_file(request, "calib.json", required=False)
     if calib_json is None:
         return
-    try:
-        recorded = json.loads(calib_json.read_text()).get("model_sha256")
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{calib_json} is not a calibration record; re-run calibrate") from None
+    recorded = read_record(calib_json, CalibrationRecord).model_sha256
     if recorded is not None and recorded != sha256_file(request.onnx):
         raise UserError(
             f"{calib_json} was calibrated on another model than {request.onnx} (sha256 differs); "
@@ -145,7 +136,7 @@ def _check_calibration_model(request: BuildRequest) -> None:
 
 
 def _int8_files(
-    request: BuildRequest, out_dir: Path, graph_typed: bool, stage: Stage
+    request: BuildRequest, out_dir: Path, graph_typed: bool, stage: StageCallback
 ) -> tuple[Path | None, Path | None]:
     """(Q/DQ ONNX, TensorRT-10 cache) from --calibration, or made from --data. A folder needs
     only what the builder reads: the Q/DQ graph when typed, else the cache (Jetson bundles)."""

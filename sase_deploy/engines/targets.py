@@ -17,9 +17,9 @@ from importlib import resources
 from typing import Any
 
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import HARDWARE_PRECISIONS
 
 KINDS = ("datacenter", "rtx", "jetson", "local")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "fp4")
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no FP32 (nor BF16/FP8) datapath
 LOCAL = "local"
 _NVIDIA_SMI = ("nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader")
@@ -74,7 +74,7 @@ class Target:
         return self.dla_cores > 0
 
     def supports(self, precision: str) -> bool:
-        """Whether the hardware runs `precision` (one of PRECISIONS)."""
+        """Whether the hardware runs `precision` (one of HARDWARE_PRECISIONS)."""
         return precision in self.precisions
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def _target_from_json(entry: dict[str, Any]) -> Target:
         also_compute_capabilities=tuple(entry.get("also_compute_capabilities", ())),
     )
     # The JSON ships with the package: a bad entry is a bug, not a user error.
-    if target.kind not in KINDS or not set(target.precisions) <= set(PRECISIONS):
+    if target.kind not in KINDS or not set(target.precisions) <= set(HARDWARE_PRECISIONS):
         raise ValueError(f"targets.json: bad kind or precision in {target.name!r}")
     if target.dla_cores and not set(DLA_PRECISIONS) & set(target.precisions):
         raise ValueError(f"targets.json: {target.name!r} has DLA but no fp16/int8")
@@ -167,15 +167,17 @@ def check_request(target: Target, precision: str, dla_core: int | None) -> None:
 
     Args:
         target: the device to build for.
-        precision: one of PRECISIONS.
+        precision: one of HARDWARE_PRECISIONS.
         dla_core: DLA core index, or None to build for the GPU.
 
     Raises:
         UserError: a one-line message (unknown precision, precision the hardware lacks,
             DLA on a target without DLA, DLA core out of range, DLA with a precision DLA lacks).
     """
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in HARDWARE_PRECISIONS:
+        raise UserError(
+            f"unknown precision {precision!r}; choose one of: {', '.join(HARDWARE_PRECISIONS)}"
+        )
     if not target.supports(precision):
         fallback = [p for p in ("fp16", "int8") if target.supports(p)] or ["fp32"]
         others = _names_with(lambda t: t.supports(precision))

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner
 from sase_deploy.engines.flavours import Flavour, polygraphy_trt, trt_module
 from sase_deploy.errors import UserError
+from sase_deploy.runtime.base import Feed, InputMetadata, Outputs, Runner
 
 Shape = tuple[int, ...]
 Profile = Mapping[str, tuple[Shape, Shape, Shape]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import PRECISIONS
 
 Shapes = Mapping[str, Sequence[Sequence[int]]]  # input name -> (min, opt, max) dims
 
@@ -32,7 +33,6 @@ TRTEXEC_OPTIONS: dict[str, frozenset[str]] = {
 }
 # The TensorRT versions (shell globs) each option set above serves.
 VERSION_GLOBS = {"8.5": "8.5", "8.6": "8.6", "10": "10.*", "11": "1[1-9].*"}
-BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
 TIMING_CACHE = "timing.cache"
 
 
@@ -81,8 +81,8 @@ def _shape_args(shapes: Shapes) -> list[str]:
 def _precision_args(
     flavour: str, precision: str, on_dla: bool, calib_cache: str | None, typed: bool
 ) -> list[str]:
-    if precision not in BUNDLE_PRECISIONS:
-        raise UserError(f"bundles build {', '.join(BUNDLE_PRECISIONS)}, not {precision}")
+    if precision not in PRECISIONS:
+        raise UserError(f"bundles build {', '.join(PRECISIONS)}, not {precision}")
     if calib_cache and (precision != "int8" or typed or flavour == "11"):
         raise UserError(
             "a calibration cache goes with the FP32 graph for implicit INT8 on TensorRT 8.5-10.x "
@@ -101,14 +101,16 @@ def _precision_args(
         return []
     if precision == "fp16":
         return ["--fp16"]
+    # INT8 with --fp16: what is not quantised may run in FP16 (the weakly typed builder picks
+    # per layer), as a strongly typed INT8 graph computes it (`calibrate --high-precision`)
     if typed:
-        return ["--int8"]  # Q/DQ in the graph: explicit quantization, no cache
+        return ["--int8", "--fp16"]  # Q/DQ in the graph: explicit quantization, no cache
     if not calib_cache:
         raise UserError(
             "INT8 from the FP32 graph needs a calibration cache (sase-deploy calibrate writes "
             "NAME.calib.cache); or ship the Q/DQ ONNX"
         )
-    return ["--int8", f"--calib={calib_cache}"]
+    return ["--int8", "--fp16", f"--calib={calib_cache}"]
 
 
 def trtexec_args(

@@ -7,7 +7,6 @@ from sase_deploy.export.api import (
     ExportResult,
     export_model,
 )
-from sase_deploy.export.source import parse_model_args, parse_shape
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -15,6 +14,4 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "export_model",
-    "parse_model_args",
-    "parse_shape",
 ]

@@ -19,8 +19,8 @@ import onnx
 import torch
 from torch import nn
 
-from sase_deploy._io import write_json_atomic
-from sase_deploy._timing import StageCallback, StageTimer, rounded
+from sase_deploy._timing import StageTimer, rounded
+from sase_deploy.artifacts import ExportManifest, write_record
 from sase_deploy.errors import ParityError, UserError, first_line
 from sase_deploy.export import graph as graph_ops
 from sase_deploy.export.exporters import EXPORTERS, Exporter, ExportFailed, export_onnx
@@ -32,7 +32,6 @@ from sase_deploy.export.manifest import (
     manifest_path_for,
 )
 from sase_deploy.export.parity import ParityReport, check_parity
-from sase_deploy.export.source import ModelSource, resolve_model
 from sase_deploy.graph_io import (
     EXTERNAL_DATA_THRESHOLD,
     canonicalise,
@@ -41,7 +40,9 @@ from sase_deploy.graph_io import (
     save_model,
     staging_dir,
 )
+from sase_deploy.models.source import ModelSource, load_weights, resolve_model
 from sase_deploy.models.spec import InputSpec, ModelOptions, sample_inputs
+from sase_deploy.vocabulary import StageCallback
 
 # Opset 18: the dynamo exporter's native opset (others go through the version converter),
 # within the TorchScript exporter's range (<= 20), run by ORT 1.31 and parsed by TensorRT 10.x
@@ -134,7 +135,7 @@ class ExportResult:
 
     onnx_path: Path
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
     passed: bool
     extra_files: list[Path] = field(default_factory=list)
 
@@ -145,9 +146,12 @@ class ExportResult:
             "onnx": str(self.onnx_path),
             "manifest": str(self.manifest_path),
             "files": [str(p) for p in (self.onnx_path, *self.extra_files, self.manifest_path)],
-            **{k: self.manifest[k] for k in ("exporter", "opset", "node_counts", "parity")},
-            "fusion": self.manifest["fusion"],
-            "timings_s": self.manifest["timings_s"],
+            "exporter": self.manifest.exporter,
+            "opset": self.manifest.opset,
+            "node_counts": self.manifest.node_counts,
+            "parity": self.manifest.parity,
+            "fusion": self.manifest.fusion,
+            "timings_s": self.manifest.timings_s,
         }
 
 
@@ -200,7 +204,7 @@ def export_model(
         staged = staging / out.name
         parity = _check(record, loaded, opts, staged, timer)
         dest, manifest, files = _publish(record, loaded, opts, parity, staged, out, timer)
-    manifest_path = write_json_atomic(manifest_path_for(dest), manifest)
+    manifest_path = write_record(manifest_path_for(dest), manifest)
     result = ExportResult(dest, manifest_path, manifest, parity.passed, files[1:])
     if not parity.passed:
         raise ParityError(
@@ -291,36 +295,6 @@ def _run_reference(
     return flat
 
 
-def load_weights(
-    source: ModelSource,
-    checkpoint: str | Path | None,
-    key: str | None,
-    use_ema: bool,
-    unsafe_load: bool,
-) -> dict[str, Any] | None:
-    """Load `checkpoint` (if given) into `source.module`, bake spectral norm, switch to eval.
-
-    Returns the checkpoint report (None without a checkpoint). Shared by export and compare.
-    """
-    from sase_deploy.models.checkpoint import bake_spectral_norm, load_checkpoint
-
-    report = None
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise UserError(f"checkpoint '{checkpoint}' does not exist; check the -c path")
-        if source.kind == "torchscript":
-            raise UserError("a TorchScript file carries its weights; drop -c/--checkpoint")
-        report = load_checkpoint(
-            source.module, checkpoint, key=key, use_ema=use_ema, unsafe_load=unsafe_load
-        ).to_dict()
-    if source.kind != "torchscript":
-        baked = bake_spectral_norm(source.module)
-        if baked and report is not None:
-            report["spectral_norm_baked"] = [*report["spectral_norm_baked"], *baked]
-    source.module.eval()
-    return report
-
-
 def _export(loaded: _Loaded, options: ExportOptions) -> GraphRecord:
     """torch -> ONNX with the chosen exporter, after lowering what it cannot export."""
     source = loaded.source
@@ -399,7 +373,7 @@ def _publish(
     staged: Path,
     out: Path,
     timer: StageTimer,
-) -> tuple[Path, dict[str, Any], list[Path]]:
+) -> tuple[Path, ExportManifest, list[Path]]:
     """Move the checked model from `staged` to `out` (or its failed name); return where it went,
     its manifest (the caller writes it once the staging folder is gone) and the files moved."""
     dest = out if parity.passed else failed_path_for(out)

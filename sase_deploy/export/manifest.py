@@ -11,19 +11,19 @@ import torch
 
 from sase_deploy import __version__
 from sase_deploy._io import sha256_file
+from sase_deploy.artifacts import ExportManifest, manifest_path
 from sase_deploy.export import graph as graph_ops
 from sase_deploy.export.exporters import ExportOutcome
 from sase_deploy.export.lowering import Lowering
 from sase_deploy.export.parity import ParityReport
-from sase_deploy.export.source import ModelSource
+from sase_deploy.models.source import ModelSource
 
-MANIFEST_FORMAT = "sase-deploy.export/1"
 FAILED_INFIX = ".parity-failed"
 
 
 def manifest_path_for(onnx_path: Path) -> Path:
-    """`NAME.onnx` -> `NAME.manifest.json` beside it."""
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".manifest.json")
+    """`NAME.onnx` -> `NAME.manifest.json` beside it (`artifacts.manifest_path`)."""
+    return manifest_path(onnx_path)
 
 
 def failed_path_for(onnx_path: Path) -> Path:
@@ -55,7 +55,7 @@ def build_manifest(
     dest: Path,
     staged: Path,
     timings: dict[str, float],
-) -> dict[str, Any]:
+) -> ExportManifest:
     """The manifest for `record.model`, saved at `staged` and about to be published as `dest`.
 
     Args:
@@ -67,38 +67,37 @@ def build_manifest(
     data_file = staged.parent / f"{staged.name}.data"
     spec = source.spec
     model_args = {k: v if _jsonable(v) else repr(v) for k, v in source.model_args.items()}
-    return {
-        "format": MANIFEST_FORMAT,
-        "status": "ok" if parity.passed else "parity-failed",
-        "onnx": dest.name,
-        "onnx_sha256": sha256_file(staged),
-        "external_data": f"{dest.name}.data" if data_file.exists() else None,
-        "source": {
+    return ExportManifest(
+        status="ok" if parity.passed else "parity-failed",
+        onnx=dest.name,
+        sha256=sha256_file(staged),
+        external_data=f"{dest.name}.data" if data_file.exists() else None,
+        source={
             "model": source.reference,
             "kind": source.kind,
             "model_args": model_args,
             "family": spec.family if spec else None,
             "task": spec.task if spec else None,
         },
-        "checkpoint": checkpoint_report,
-        "checkpoint_sha256": checkpoint_report["sha256"] if checkpoint_report else None,
-        "inputs": graph_ops.describe_values(list(final.graph.input)),
-        "outputs": graph_ops.describe_values(list(final.graph.output)),
-        "dynamic_batch": dynamic_batch,
-        "opset": opset,
-        "ir_version": final.ir_version,
-        "exporter": record.outcome.exporter,
-        "exporter_failures": record.outcome.attempts,
-        "notes": record.outcome.notes,
-        "lowerings": [low.to_dict() for low in record.lowerings],
-        "simplifier": "onnx-graphsurgeon fold_constants + cleanup + toposort",
-        "fusion": record.fusion,
-        "node_counts": {**record.node_counts, "final": graph_ops.node_count(final)},
-        "ops": graph_ops.op_histogram(final),
-        "parity": parity.to_dict(),
-        "versions": versions(),
-        "timings_s": timings,
-    }
+        checkpoint=checkpoint_report,
+        checkpoint_sha256=checkpoint_report["sha256"] if checkpoint_report else None,
+        inputs=graph_ops.describe_values(list(final.graph.input)),
+        outputs=graph_ops.describe_values(list(final.graph.output)),
+        dynamic_batch=dynamic_batch,
+        opset=opset,
+        ir_version=final.ir_version,
+        exporter=record.outcome.exporter,
+        exporter_failures=record.outcome.attempts,
+        notes=record.outcome.notes,
+        lowerings=[low.to_dict() for low in record.lowerings],
+        simplifier="onnx-graphsurgeon fold_constants + cleanup + toposort",
+        fusion=record.fusion,
+        node_counts={**record.node_counts, "final": graph_ops.node_count(final)},
+        ops=graph_ops.op_histogram(final),
+        parity=parity.to_dict(),
+        versions=versions(),
+        timings_s=timings,
+    )
 
 
 def versions() -> dict[str, str]:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from sase_deploy.engines.base import Outputs
-from sase_deploy.engines.ort import OrtRunner
-from sase_deploy.engines.torch_runner import TorchRunner
 from sase_deploy.models.spec import InputSpec, sample_inputs
-from sase_deploy.report.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.base import Outputs
+from sase_deploy.runtime.compare import compare_outputs, worst_relative
+from sase_deploy.runtime.ort import OrtRunner
+from sase_deploy.runtime.torch_runner import TorchRunner
 
 
 @dataclass

@@ -7,6 +7,8 @@
   the file: shapes inferred, constants and static shapes folded, dead nodes dropped,
   topological order, unique deterministic node names.
 - `save_onnx`: atomic write, weights to an external data file beside the model when large.
+- `graph_inputs` / `real_inputs`: the inputs a graph is fed (initializers left out);
+  `random_feed`: seeded inputs for them.
 """
 
 from sase_deploy.graph_io.canonical import (
@@ -20,6 +22,7 @@ from sase_deploy.graph_io.canonical import (
     toposorted,
     unique_node_names,
 )
+from sase_deploy.graph_io.inputs import GraphInput, graph_inputs, random_feed, real_inputs
 from sase_deploy.graph_io.load import MIN_OPSET, check_runnable, load_onnx
 from sase_deploy.graph_io.save import (
     EXTERNAL_DATA_THRESHOLD,
@@ -33,15 +36,19 @@ from sase_deploy.graph_io.save import (
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
     "MIN_OPSET",
+    "GraphInput",
     "canonicalise",
     "check_runnable",
     "external_data_name",
+    "graph_inputs",
     "infer_shapes",
     "load_onnx",
     "model_from_graph",
     "name_nodes",
     "opset_version",
     "publish",
+    "random_feed",
+    "real_inputs",
     "replace_uses",
     "save_model",
     "save_onnx",

@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sase_deploy.vocabulary import Task
+
 InputKind = Literal["image", "latent", "noise"]
-Task = Literal["classification", "generation"]
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,6 @@ class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
     kind: InputKind = "image"
-
-    def sample(self, rng: np.random.Generator, batch: int | None = None) -> np.ndarray:
-        """Seeded input: standard normal for latents/noise/images (images are normalised)."""
-        shape = (batch if batch is not None else self.shape[0], *self.shape[1:])
-        return rng.standard_normal(shape).astype(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -58,8 +54,20 @@ class ModelOptions:
 def sample_inputs(
     specs: tuple[InputSpec, ...], seed: int = 0, batch: int | None = None
 ) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {spec.name: spec.sample(rng, batch) for spec in specs}
+    """Seeded inputs for `specs`: standard normal (images are normalised), from one generator.
+
+    Args:
+        specs: the inputs, in the order their values are drawn.
+        seed: the generator's seed.
+        batch: the batch size (None: each spec's own `shape[0]`).
+    """
+    # lazy: graph_io loads onnx, which the CLI does not import for commands that never need it
+    from sase_deploy.graph_io.inputs import random_feed
+
+    shapes = [
+        (s.name, (batch if batch is not None else s.shape[0], *s.shape[1:]), s.dtype) for s in specs
+    ]
+    return random_feed(shapes, np.random.default_rng(seed))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,1 @@
-"""Accuracy and latency comparisons between engines."""
-
-from sase_deploy.report.compare import OutputDiff, compare_outputs
-
-__all__ = ["OutputDiff", "compare_outputs"]
+"""Accuracy and latency comparisons between engines (output differences: `sase_deploy.runtime`)."""

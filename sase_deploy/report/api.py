@@ -13,13 +13,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from sase_deploy._timing import QUIET, StageProgress
 from sase_deploy.calibration.sources import CalibrationSource
-from sase_deploy.engines.base import Runner
 from sase_deploy.errors import UserError
 from sase_deploy.report import metrics as m
 from sase_deploy.report.candidates import (
@@ -43,6 +42,7 @@ from sase_deploy.report.tolerances import (
     describe_failure,
     run_checks,
 )
+from sase_deploy.runtime.base import Runner
 
 SCHEMA_ID = "sase-deploy/report"
 RANDOM_INIT_WARNING = "random init: agreement numbers say nothing about accuracy"
@@ -59,6 +59,9 @@ class CompareOptions:
     task's default). batches: latency batch sizes. runs / warmup: timed and untimed runs per
     latency row. tolerances: per precision (`parse_tolerances`). seed: for seeded inputs.
     preprocess: image-folder preprocessing overrides (as `calibrate --size/--mean/...`).
+    per_layer: where the error comes from, layer by layer (`runtime.per_layer`), for each ONNX
+    candidate against the reference ONNX: `never`, `failing` (candidates that fail: `deploy`)
+    or `always` (`compare --per-layer`).
     """
 
     data: str | None = None
@@ -69,6 +72,7 @@ class CompareOptions:
     tolerances: Tolerances = field(default_factory=lambda: DEFAULT_TOLERANCES)
     seed: int = 0
     preprocess: Mapping[str, Any] | None = None
+    per_layer: Literal["never", "failing", "always"] = "never"
 
 
 def _accuracy_batch(
@@ -185,6 +189,47 @@ def _candidate_row(c: Candidate) -> dict[str, Any]:
     }
 
 
+def per_layer_reference(
+    reference: Reference, candidates: Sequence[Candidate], when: str
+) -> Path | None:
+    """The ONNX that per-layer errors are measured against: the reference when it is an ONNX
+    file, else the FP32 ONNX candidate; None when `when` is `never` or no such file is given.
+
+    Raises:
+        UserError: `when` is `always` (`--per-layer`) and there is no such file.
+    """
+    if when == "never":
+        return None
+    if reference.name == "onnxruntime":
+        return Path(reference.source)
+    found = next((c.path for c in candidates if c.kind == "onnx" and c.precision == "fp32"), None)
+    if found is None and when == "always":
+        raise UserError(
+            "--per-layer compares layers of two ONNX files: give REFERENCE as the FP32 .onnx "
+            "file, or add the FP32 ONNX as a candidate"
+        )
+    return found
+
+
+def _add_per_layer(
+    row: dict[str, Any],
+    c: Candidate,
+    base: Path | None,
+    feed: Mapping[str, np.ndarray],
+    when: str,
+    progress: StageProgress,
+) -> None:
+    """`row["per_layer"]` for an ONNX candidate (not the base itself) when `when` asks for it."""
+    wanted = when == "always" or (when == "failing" and row["status"] == "fail")
+    if not wanted or base is None or c.kind != "onnx" or c.path.resolve() == base.resolve():
+        return
+    from sase_deploy.runtime.per_layer import per_layer_errors
+
+    progress.stage(f"{c.name} per layer")
+    row["per_layer"] = per_layer_errors(base, c.path, feed).to_dict()
+    progress.done()
+
+
 def compare(
     reference: Reference,
     candidates: Sequence[Candidate],
@@ -206,6 +251,7 @@ def compare(
     if not candidates:
         raise UserError("nothing to compare: give at least one candidate (ONNX file or engine)")
     fixed = _accuracy_batch(candidates, opts.batches, reference.fixed_batch)
+    layer_reference = per_layer_reference(reference, candidates, opts.per_layer)
     check_candidates_match(reference, candidates)  # before minutes of PyTorch, not after
     source: CalibrationSource = open_reference_data(
         reference, opts.data, opts.samples, opts.seed, opts.preprocess
@@ -233,6 +279,7 @@ def compare(
                 check_output_shapes(c.name, ref_out, got)
                 row["latency"] = _latency_rows(runner, data, fixed, opts)
             row.update(_judge(c, ref_out, got, reference, labels, opts))
+            _add_per_layer(row, c, layer_reference, data[0], opts.per_layer, progress)
         else:
             progress.stage(f"{c.name} ({c.backend})")
         progress.done(row["reason"] if row["status"] == "not_run" else None)

@@ -10,7 +10,6 @@ on the device and never runs here.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sase_deploy.engines.base import (
+from sase_deploy.artifacts import EngineManifest, manifest_path, read_record
+from sase_deploy.errors import UserError
+from sase_deploy.runtime.base import (
     FEED_FIX,
     InputMetadata,
     Outputs,
@@ -26,7 +27,6 @@ from sase_deploy.engines.base import (
     describe_inputs,
     feed_mismatch,
 )
-from sase_deploy.errors import UserError
 
 if TYPE_CHECKING:  # reference.py imports the runners; this module is read before them
     import onnx
@@ -55,19 +55,6 @@ class Candidate:
     outputs: tuple[str, ...] | None = None
 
 
-def manifest_beside(artifact: Path) -> Path:
-    """`X.fp16.engine`|`.bundle` -> `X.fp16.manifest.json`; `X.onnx` -> `X.manifest.json`."""
-    return artifact.with_name(artifact.name.rpartition(".")[0] + ".manifest.json")
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 @functools.cache
 def _local_gpu() -> Any:
     from sase_deploy.engines.targets import local_target
@@ -84,16 +71,16 @@ def ort_backend() -> str:
 
 
 def _onnx_candidate(path: Path, name: str) -> Candidate:
-    from sase_deploy.calibration.sources import graph_inputs, model_batch
+    from sase_deploy.calibration.sources import model_batch
     from sase_deploy.engines.build import graph_precision
-    from sase_deploy.graph_io import load_onnx
+    from sase_deploy.graph_io import graph_inputs, load_onnx
 
     model = load_onnx(path)
     precision = graph_precision(model)
     backend = ort_backend()
 
     def make_runner() -> Runner:
-        from sase_deploy.engines.ort import OrtCudaRunner, OrtRunner
+        from sase_deploy.runtime.ort import OrtCudaRunner, OrtRunner
 
         return OrtCudaRunner(path) if backend == "onnxruntime-cuda" else OrtRunner(path)
 
@@ -107,14 +94,14 @@ def _onnx_candidate(path: Path, name: str) -> Candidate:
 
 def model_io(model: onnx.ModelProto) -> tuple[InputMetadata, tuple[str, ...]]:
     """(inputs as `Runner.input_metadata` spells them, output names) of an ONNX graph."""
-    from sase_deploy.calibration.sources import graph_inputs
+    from sase_deploy.graph_io import graph_inputs
 
     inputs: InputMetadata = {i.name: (i.dtype, i.shape) for i in graph_inputs(model)}
     return inputs, tuple(o.name for o in model.graph.output)
 
 
 def _built_onnx_io(
-    manifest: dict[str, Any], folder: Path
+    manifest: EngineManifest, folder: Path
 ) -> tuple[InputMetadata | None, tuple[str, ...] | None]:
     """The I/O of the graph an engine was built from, when that file is still readable: at its
     recorded path, else by name in the engine's `folder` (the path was recorded relative to
@@ -122,10 +109,8 @@ def _built_onnx_io(
     import onnx
     from google.protobuf.message import DecodeError
 
-    recorded = (manifest.get("built_onnx") or {}).get("path")
-    if not recorded:
-        return None, None
-    found = [p for p in (Path(recorded), folder / Path(recorded).name) if p.is_file()]
+    recorded = manifest.built_onnx.path
+    found = [p for p in (recorded, folder / recorded.name) if p.is_file()]
     if not found:
         return None, None
     try:
@@ -134,58 +119,57 @@ def _built_onnx_io(
         return None, None
 
 
-def _build_facts(manifest: dict[str, Any], manifest_path: Path) -> dict[str, Any]:
-    facts: dict[str, Any] = {"manifest": str(manifest_path)}
-    facts.update({k: manifest[k] for k in BUILD_FACTS if manifest.get(k) is not None})
-    if manifest.get("built_onnx", {}).get("path"):
-        facts["built_onnx"] = manifest["built_onnx"]["path"]
+def _build_facts(manifest: EngineManifest, path: Path) -> dict[str, Any]:
+    """What the report says of a build: its manifest, BUILD_FACTS that are set, the graph."""
+    facts: dict[str, Any] = {"manifest": str(path)}
+    facts.update({k: getattr(manifest, k) for k in BUILD_FACTS if getattr(manifest, k) is not None})
+    facts["built_onnx"] = str(manifest.built_onnx.path)
     return facts
 
 
-def engine_blocker(manifest: dict[str, Any]) -> str | None:
+def engine_blocker(manifest: EngineManifest) -> str | None:
     """Why the engine of `manifest` cannot run on this machine (None: it can)."""
     from sase_deploy.engines.flavours import find_flavour
 
     gpu = _local_gpu()
     if gpu is None:
         return "built, not run: no GPU"
-    flavour = find_flavour(str((manifest.get("flavour") or {}).get("name", "tensorrt")))
+    flavour = find_flavour(manifest.flavour_name)
     if not flavour.installed:
         return f"built, not run: {flavour.name} is not installed ({flavour.reason})"
-    target = manifest["target"]
+    target = manifest.target
     if gpu.compute_capability not in target.get("compute_capabilities", []):
         return f"built, not run: engine for {target['sm']}; this GPU is {gpu.sm}"
     return None
 
 
 def _artifact_candidate(path: Path, name: str, kind: str) -> Candidate:
-    manifest_path = manifest_beside(path)
-    manifest = _read_manifest(manifest_path)
-    if manifest is None or "target" not in manifest:
+    beside = manifest_path(path)
+    if not beside.is_file():
         raise UserError(
-            f"{path}: no build manifest beside it ({manifest_path.name}); compare engines "
+            f"{path}: no build manifest beside it ({beside.name}); compare engines "
             "written by 'sase-deploy build', or rebuild it there"
         )
-    target = manifest["target"]["name"]
-    backend = manifest.get("backend", "tensorrt")
-    facts = _build_facts(manifest, manifest_path)
+    manifest = read_record(beside, EngineManifest)
+    target, backend = manifest.target_name, manifest.backend
+    facts = _build_facts(manifest, beside)
     if kind == "bundle":
         why = "built, not run: a bundle builds its engine on the device (bash build.sh)"
-        return Candidate(name, path, kind, manifest["precision"], backend, target, facts, why)
+        return Candidate(name, path, kind, manifest.precision, backend, target, facts, why)
     from sase_deploy.engines.build import check_engine_intact
 
-    check_engine_intact(path, manifest, manifest_path)
+    check_engine_intact(path, manifest, beside)
     blocker = engine_blocker(manifest)
 
     def make_runner() -> Runner:
         from sase_deploy.engines.flavours import find_flavour
         from sase_deploy.engines.tensorrt import TrtRunner
 
-        return TrtRunner(path, find_flavour(manifest["flavour"]["name"]))
+        return TrtRunner(path, find_flavour(manifest.flavour_name))
 
-    inputs, outputs = _built_onnx_io(manifest, manifest_path.parent)
+    inputs, outputs = _built_onnx_io(manifest, beside.parent)
     return Candidate(
-        name, path, kind, manifest["precision"], backend, target, facts, blocker, make_runner,
+        name, path, kind, manifest.precision, backend, target, facts, blocker, make_runner,
         inputs=inputs, outputs=outputs,
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sase_deploy.engines.base import Feed, Runner
+from sase_deploy.runtime.base import Feed, Runner
 
 DEFAULT_RUNS = 50
 DEFAULT_WARMUP = 5

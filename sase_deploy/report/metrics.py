@@ -2,10 +2,11 @@
 
 Everything is computed in float64 so the metric itself adds no rounding. Per output: max / mean
 absolute error, the error relative to the output's scale (max|ref|) and the count of NaN/Inf
-values (all from `sase_deploy.report.compare`, which export parity and the rewrite self-check
+values (all from `sase_deploy.runtime.compare`, which export parity and the rewrite self-check
 use too), plus the worst per-sample cosine similarity and a histogram of absolute errors. Per task:
 classifiers get top-1 / top-5 agreement with the reference (and accuracy against labels when the
-data carry them); generators get PSNR and SSIM.
+data carry them); generators get PSNR and SSIM (PSNR and top-1 from `runtime.compare`, which
+calibration's sensitivity search scores with too).
 
 SSIM is written here (a 7x7 uniform window, as scikit-image's default, with the usual K1 = 0.01,
 K2 = 0.03): the field's implementations live in scikit-image or torchmetrics, heavy dependencies
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sase_deploy.report.compare import Residual
+from sase_deploy.runtime.compare import Residual, data_range, psnr, top1, top1_agreement
 
 HISTOGRAM_MAX_BINS = 12
 SSIM_WINDOW = 7
@@ -96,11 +97,11 @@ def classification_metrics(
     r = ref_logits.reshape(len(ref_logits), -1)
     g = got_logits.reshape(len(got_logits), -1)
     ref_top1 = r.argmax(axis=1)
-    got_top1 = np.where(np.isfinite(g).all(axis=1), g.argmax(axis=1), -1)
+    got_top1 = top1(g)
     k = min(5, r.shape[1])
     got_topk = np.argsort(-np.nan_to_num(g, nan=-np.inf), axis=1)[:, :k]
     metrics: dict[str, float | None] = {
-        "top1_agreement": float(np.mean(ref_top1 == got_top1)),
+        "top1_agreement": top1_agreement(r, g),
         "top5_agreement": float(np.mean((got_topk == ref_top1[:, None]).any(axis=1))),
     }
     if labels is not None:
@@ -117,23 +118,9 @@ def reference_metrics(ref_logits: np.ndarray, labels: np.ndarray | None) -> dict
     """What the reference itself scores (classifiers with labels: accuracy)."""
     if labels is None:
         return {}
-    top1 = ref_logits.reshape(len(ref_logits), -1).argmax(axis=1)
-    return {"accuracy": float(np.mean(top1 == np.asarray(labels).reshape(-1)[: len(top1)]))}
-
-
-def data_range(ref: np.ndarray) -> float:
-    """The reference's dynamic range (max - min): PSNR/SSIM's L."""
-    span = float(ref.max() - ref.min()) if ref.size else 0.0
-    return span if span > 0 else 1.0
-
-
-def psnr(ref: np.ndarray, got: np.ndarray, span: float) -> float | None:
-    """Peak signal-to-noise ratio in dB over the whole batch; None if `got` is not finite."""
-    g = got.astype(np.float64)
-    if not np.all(np.isfinite(g)):
-        return None
-    mse = float(np.mean((ref.astype(np.float64) - g) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(span * span / mse)
+    predicted = ref_logits.reshape(len(ref_logits), -1).argmax(axis=1)
+    expected = np.asarray(labels).reshape(-1)[: len(predicted)]
+    return {"accuracy": float(np.mean(predicted == expected))}
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:

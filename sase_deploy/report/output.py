@@ -47,15 +47,24 @@ def write_reports(doc: dict[str, Any], paths: Sequence[Path]) -> list[Path]:
     return list(paths)
 
 
+def _per_layer_summary(candidate: dict[str, Any]) -> dict[str, Any]:
+    """The per-layer entry without its full curve (in the report files)."""
+    found = candidate.get("per_layer")
+    if not found:
+        return {}
+    return {"per_layer": {k: v for k, v in found.items() if k != "layers"}}
+
+
 def summary(doc: dict[str, Any]) -> dict[str, Any]:
     """The document without its bulky parts (images, histograms): for `--json` on stdout."""
     light = dict(doc)
     light["candidates"] = [
         {
-            **{k: v for k, v in c.items() if k not in ("previews", "outputs")},
+            **{k: v for k, v in c.items() if k not in ("previews", "outputs", "per_layer")},
             "outputs": [
                 {k: v for k, v in o.items() if k != "error_histogram"} for o in c["outputs"]
             ],
+            **_per_layer_summary(c),
         }
         for c in doc["candidates"]
     ]

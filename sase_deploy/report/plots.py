@@ -11,7 +11,9 @@ import io
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -153,6 +155,27 @@ def _log_edges(edges: Sequence[float]) -> list[float]:
     return [first, *edges[1:]]
 
 
+@dataclass
+class _Overlay:
+    fig: Figure
+    ax: Any
+    svg: str | None = None
+
+
+@contextmanager
+def _overlay(count: int, prefix: str) -> Iterator[_Overlay]:
+    """A figure for `count` overlaid series, legend below; its SVG is `svg` after the block
+    (rendered inside the rc context: the stable ids depend on it)."""
+    ncols = min(count, 2)
+    with _RC_LOCK, matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(8, 2.8 + _legend_height(count, ncols)), layout="constrained")
+        plot = _Overlay(fig, fig.add_subplot())
+        yield plot
+        plot.ax.grid(alpha=0.3)
+        fig.legend(loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
+        plot.svg = to_svg(fig, prefix)
+
+
 def histogram_svg(
     output: str, series: Sequence[tuple[Series, Mapping[str, Any]]], prefix: str
 ) -> str | None:
@@ -164,10 +187,8 @@ def histogram_svg(
     drawn = [(s, h) for s, h in series if _drawable(h)]
     if not drawn:
         return None
-    ncols = min(len(drawn), 2)
-    with _RC_LOCK, matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(8, 2.8 + _legend_height(len(drawn), ncols)), layout="constrained")
-        ax = fig.add_subplot()
+    with _overlay(len(drawn), prefix) as plot:
+        ax = plot.ax
         for (label, col), hist in drawn:
             total = sum(hist["counts"])
             ax.stairs(
@@ -180,6 +201,31 @@ def histogram_svg(
         ax.set_xscale("log")
         ax.set_xlabel(_plain(f"|candidate − reference| of output {output}"))
         ax.set_ylabel("fraction of elements")
-        ax.grid(alpha=0.3)
-        fig.legend(loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
-        return to_svg(fig, prefix)
+    return plot.svg
+
+
+def per_layer_svg(
+    series: Sequence[tuple[Series, Mapping[str, Any]]], prefix: str = "layer-"
+) -> str | None:
+    """Relative error (log y) of every shared tensor against its depth in the reference, one
+    line per candidate, its first divergence marked; None when there is nothing to draw.
+
+    `series` is ((label, colour), per_layer entry) per candidate.
+    """
+    drawn = [(s, p) for s, p in series if any(r.get("rel_err") for r in p.get("layers") or [])]
+    if not drawn:
+        return None
+    with _overlay(len(drawn), prefix) as plot:
+        ax = plot.ax
+        for (label, col), entry in drawn:
+            rows = [r for r in entry["layers"] if r.get("rel_err")]  # log y: no zeros, nulls
+            ax.plot([r["depth"] for r in rows], [r["rel_err"] for r in rows], color=col,
+                    label=_plain(label), linewidth=1.2, marker=".", markersize=3)  # fmt: skip
+            first = next((r for r in rows if r["tensor"] == entry.get("first_divergence")), None)
+            if first is not None:
+                ax.plot([first["depth"]], [first["rel_err"]], marker="o", markersize=8,
+                        markerfacecolor="none", color=col)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("depth in the reference graph (node index); circle: first divergence")
+        ax.set_ylabel("max|error| / max|reference|")
+    return plot.svg

@@ -19,17 +19,16 @@ import numpy as np
 
 from sase_deploy.calibration.sources import (
     CalibrationSource,
-    GraphInput,
     LatentSource,
     array_file_source,
-    graph_inputs,
     manifest_model_name,
     model_batch,
     open_data,
 )
-from sase_deploy.engines.base import Runner
 from sase_deploy.errors import UserError
+from sase_deploy.graph_io.inputs import GraphInput, graph_inputs
 from sase_deploy.models.spec import ModelOptions
+from sase_deploy.runtime.base import Runner
 
 DEFAULT_SAMPLES = {"classification": 512, "generation": 8, "other": 64}
 
@@ -67,8 +66,8 @@ def _task_from_outputs(model_name: str | None, output_ranks: list[int]) -> str:
 
 
 def _onnx_reference(path: Path) -> Reference:
-    from sase_deploy.engines.ort import OrtRunner
     from sase_deploy.graph_io import load_onnx
+    from sase_deploy.runtime.ort import OrtRunner
 
     model = load_onnx(path)
     inputs = tuple(GraphInput(i.name, (None, *i.shape[1:]), i.dtype) for i in graph_inputs(model))
@@ -135,9 +134,8 @@ def load_reference(
         if not Path(model).is_file():
             raise UserError(f"reference {model} does not exist; give an ONNX file or a model")
         return _onnx_reference(Path(model))
-    from sase_deploy.engines.torch_runner import TorchRunner
-    from sase_deploy.export.api import load_weights
-    from sase_deploy.export.source import resolve_model
+    from sase_deploy.models.source import load_weights, resolve_model
+    from sase_deploy.runtime.torch_runner import TorchRunner
 
     if not input_shapes and like is not None and not _is_registered(model):
         input_shapes, input_names, output_names = _io_like(like, input_names, output_names)

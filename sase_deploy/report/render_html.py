@@ -63,6 +63,7 @@ def render_html(doc: dict[str, Any]) -> str:
         _section("Candidates", _candidates(doc, plots)),
         _latency(doc, plots),
         _histograms(doc, plots),
+        _per_layer(doc, plots),
         _previews(doc),
         _not_run(doc),
         _checks(doc),
@@ -216,6 +217,33 @@ def _histograms(doc: dict[str, Any], plots: Any) -> str:
         if svg:
             figures.append(f'<h3>output {_e(name)}</h3>\n<figure class="plot">{svg}</figure>')
     return _section("Error histograms", "\n".join(figures))
+
+
+def _per_layer(doc: dict[str, Any], plots: Any) -> str:
+    """Where each candidate's error comes from: the error-vs-depth plot, the layers adding most."""
+    found = [(i, c) for i, c in enumerate(doc.get("candidates", [])) if c.get("per_layer")]
+    if not found:
+        return ""
+    svg = plots.per_layer_svg([((_label(c), plots.colour(i)), c["per_layer"]) for i, c in found])
+    parts = [f'<figure class="plot">{svg}</figure>'] if svg else []
+    for _, c in found:
+        entry = c["per_layer"]
+        rows = [
+            [
+                _e(r["tensor"]),
+                _e(r["op"]),
+                str(r["depth"]),
+                fmt.num(r["rel_err"]),
+                fmt.num(r["jump"]),
+            ]
+            for r in entry.get("worst", [])
+        ]
+        first = entry.get("first_divergence")
+        parts.append(
+            f"<h3>{_e(c.get('name'))}: first divergence at {_e(first or 'none')}</h3>\n"
+            + _table(["tensor", "op", "depth", "rel err", "adds"], rows)
+        )
+    return _section("Where the error comes from", "\n".join(parts))
 
 
 def _previews(doc: dict[str, Any]) -> str:

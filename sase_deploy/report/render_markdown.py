@@ -29,6 +29,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += _failures(doc.get("failures", []))
     lines += ["", *_candidates(doc)]
     lines += _latency(doc)
+    lines += _per_layer(doc.get("candidates", []))
     lines += _not_run(doc.get("candidates", []))
     return "\n".join(lines) + "\n"
 
@@ -99,6 +100,25 @@ def _latency(doc: dict[str, Any]) -> list[str]:
         f"`{fmt.NOISY}` when it is large or other processes held the cores."
     )
     return ["", "Latency:", "", *_table(headers, rows), "", legend]
+
+
+def _per_layer(candidates: list[dict[str, Any]]) -> list[str]:
+    """Per candidate with per-layer errors: its first divergence and the layers adding most."""
+    lines = []
+    for c in candidates:
+        entry = c.get("per_layer")
+        if not entry:
+            continue
+        worst = ", ".join(
+            f"`{_code(r['tensor'])}` ({_code(r['op'])}) +{fmt.num(r['jump'])}"
+            for r in entry.get("worst", [])[:3]
+        )
+        first = entry.get("first_divergence")
+        where = f"`{_code(first)}`" if first else "none"
+        lines.append(
+            f"- `{_code(c.get('name', '?'))}`: first divergence at {where}; adds most: {worst}"
+        )
+    return ["", "Where the error comes from (per layer):", "", *lines] if lines else []
 
 
 def _not_run(candidates: list[dict[str, Any]]) -> list[str]:

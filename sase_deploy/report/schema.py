@@ -19,7 +19,7 @@ from sase_deploy.errors import UserError
 SCHEMA_VERSION = 1
 """Bumped on any incompatible change to the document; new optional fields do not bump it."""
 
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2
 """Bumped when optional fields are added (compatible: a reader of `SCHEMA_VERSION` may ignore
 them); written as `schema_minor`, absent in documents from before it (read as 0)."""
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sase_deploy.errors import UserError
+from sase_deploy.vocabulary import PRECISIONS
 
 UPPER = ("rel_max_abs", "accuracy_drop")  # value <= limit
 LOWER = ("cosine", "top1_agreement", "psnr_db", "ssim")  # value >= limit
@@ -26,7 +27,6 @@ ALIASES = {
     "psnr": "psnr_db",
     "acc": "accuracy_drop",
 }
-PRECISIONS = ("fp32", "fp16", "int8")
 
 Tolerances = dict[str, dict[str, float | None]]
 

@@ -8,7 +8,7 @@ dynamo export of the same module.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sase_deploy.graph_io import load_onnx, save_onnx
 from sase_deploy.rewrite.passes import fuse_model
 from sase_deploy.rewrite.rule import RewriteRule
 from sase_deploy.rewrite.rules import DEFAULT_RULES
+from sase_deploy.vocabulary import StageCallback
 
 
 def fuse_file(
@@ -30,7 +31,7 @@ def fuse_file(
     as_functions: bool = False,
     tolerance: float = 1e-5,
     seed: int = 0,
-    on_rule: Callable[[str], None] | None = None,
+    on_rule: StageCallback | None = None,
 ) -> dict[str, Any]:
     """Fuse `input_path` into `output_path` (and the report into `report_path`); returns the
     summary dict (`input`, `output`, `report_path`, plus the fusion report)."""

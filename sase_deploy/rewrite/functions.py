@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from sase_deploy.graph_io import opset_version
-from sase_deploy.rewrite.gate_analysis import analyse_gate, classify_kind
+from sase_deploy.rewrite.gates import channel_gates
 from sase_deploy.rewrite.graph_utils import import_graph
 
 DOMAIN = "sase_deploy"
@@ -33,15 +33,8 @@ FUNCTION_NAMES = {
 
 def _blocks(model: onnx.ModelProto) -> list[tuple[str, list[str], str]]:
     """(kind, node names in topological order, output tensor) of every clean channel gate."""
-    graph = import_graph(model)
-    blocks = []
-    for node in graph.nodes:
-        analysis = analyse_gate(node) if node.op == "Mul" else None
-        if analysis is None or analysis.problem is not None:
-            continue
-        names = [n.name for n in analysis.nodes] + [node.name]
-        blocks.append((classify_kind(analysis), names, node.outputs[0].name))
-    return blocks
+    gates = channel_gates(import_graph(model))
+    return [(g.kind, [*g.path, g.mul], g.output) for g in gates if g.mul is not None]
 
 
 def _prefixed_blocks(

@@ -26,6 +26,7 @@ from sase_deploy.rewrite.gate_ops import (
 )
 from sase_deploy.rewrite.gate_walk import GateWalker, Source
 from sase_deploy.rewrite.graph_utils import const_value, producer, shape_of
+from sase_deploy.rewrite.rule import GateKind
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _toposorted(nodes: object) -> list[gs.Node]:
     return order
 
 
-def classify_kind(analysis: GateAnalysis) -> str:
+def classify_kind(analysis: GateAnalysis) -> GateKind:
     """Name the SE-family kind from what the gate computes (see README `fuse`)."""
     x = analysis.x
     sources = analysis.sources

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,10 @@ import onnx
 from sase_deploy.errors import UserError
 from sase_deploy.graph_io import canonicalise, model_from_graph
 from sase_deploy.rewrite.graph_utils import import_graph
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
+from sase_deploy.rewrite.rule import Decline, Match, RewriteRule, match_and_check
 from sase_deploy.rewrite.rules import DEFAULT_RULES
 from sase_deploy.rewrite.self_check import NOISE_FLOOR_FACTOR, CheckResult, SelfChecker
+from sase_deploy.vocabulary import StageCallback
 
 
 @dataclass
@@ -41,15 +42,11 @@ def _collect(rule: RewriteRule[Any], graph: Any) -> tuple[list[Match[Any]], list
     declines: list[Decline] = []
     claimed: set[int] = set()
     for anchor in list(rule.candidates(graph)):
-        result = rule.match(graph, anchor)
+        result = match_and_check(rule, graph, anchor)
         if result is None:
             continue
         if isinstance(result, Decline):
             declines.append(result)
-            continue
-        reason = rule.check(graph, result)
-        if reason is not None:
-            declines.append(Decline(rule.name, result.anchor, reason))
             continue
         ids = {id(n) for n in result.nodes}
         if ids & claimed:
@@ -218,7 +215,7 @@ def fuse_model(
     tolerance: float = 1e-5,
     seed: int = 0,
     feed: dict[str, np.ndarray] | None = None,
-    on_rule: Callable[[str], None] | None = None,
+    on_rule: StageCallback | None = None,
     canonical: bool = False,
 ) -> FuseResult:
     """Fuse SE-family blocks in `model` (not modified) and report what was done.
@@ -261,7 +258,7 @@ def _run_rules(
     model: onnx.ModelProto,
     rules: Sequence[RewriteRule[Any]],
     check: SelfChecker,
-    on_rule: Callable[[str], None] | None,
+    on_rule: StageCallback | None,
 ) -> tuple[onnx.ModelProto, list[dict[str, Any]], dict[str, str], dict[str, str]]:
     """Apply `rules` in order (one self-checked batch each) to `model`.
 

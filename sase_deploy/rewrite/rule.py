@@ -11,12 +11,38 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import onnx_graphsurgeon as gs
 
 # A scalar a match shows in the report (JSON-able).
 ReportValue = bool | int | float | str
+# The SE-family channel gates `gates.classify_kind` tells apart (see docs/fuse.md).
+GateKind = Literal["se", "sle", "spse", "rgse", "eca", "cbam_channel", "se_like"]
+# What `blocks_found` counts: the channel gates and SASE/SLIM modulation blocks.
+BlockKind = GateKind | Literal["sase"]
+
+
+class NoMatch(Exception):
+    """Why a candidate is not rewritten: the one way rules and their helpers say "no match".
+
+    `reason` is one sentence; `node` names the node the decline is reported at (None: the
+    candidate anchor). `near_miss` says whether it is reported: a near miss (the block is
+    there but cannot be rewritten exactly) becomes a `Decline` in the report; anything else
+    (not even the shape of a block: an ordinary Mul, a residual Add) is dropped silently.
+    Raised by `RewriteRule.match` and `check` (a `check` failure is always reported).
+    """
+
+    def __init__(self, reason: str, node: str | None = None, *, near_miss: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node = node
+        self.near_miss = near_miss
+
+    @classmethod
+    def near(cls, reason: str, node: str | None = None) -> NoMatch:
+        """A near miss: reported as a decline with `reason`."""
+        return cls(reason, node, near_miss=True)
 
 
 @dataclass(kw_only=True)
@@ -42,8 +68,8 @@ C = TypeVar("C", bound=Captures)
 class Match(Generic[C]):
     """A subgraph a rule may rewrite.
 
-    `kind` is the block kind reported in `blocks_found` (`se`, `sle`, `sase`, `spse`, `rgse`,
-    `eca`, `cbam_channel`, `se_like`) or None for rules that do not find blocks (cleanup).
+    `kind` is the block kind reported in `blocks_found` or None for rules that do not find
+    blocks (cleanup).
     `anchor` names the node that identifies the match (stable across runs), `nodes` are the
     nodes the rewrite replaces, `captures` the rule's typed record of what the rewrite needs.
     `block_output` names the tensor that holds the block's result (the gate Mul's output for
@@ -55,7 +81,7 @@ class Match(Generic[C]):
     rule: str
     anchor: str
     captures: C
-    kind: str | None = None
+    kind: BlockKind | None = None
     nodes: list[gs.Node] = field(default_factory=list)
     block_output: str | None = None
 
@@ -80,13 +106,31 @@ class RewriteRule(abc.ABC, Generic[C]):
         """Nodes at which a match may be anchored (e.g. every Mul)."""
 
     @abc.abstractmethod
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[C] | Decline | None:
-        """Structural match around `anchor`. None: not even a near miss (not reported)."""
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[C]:
+        """Structural match around `anchor`; raises `NoMatch` (a near miss is reported)."""
 
-    def check(self, graph: gs.Graph, match: Match[C]) -> str | None:
-        """Conditions for an exact rewrite; a string is the reason to decline."""
-        return None
+    def check(self, graph: gs.Graph, match: Match[C]) -> None:
+        """Conditions for an exact rewrite; raises `NoMatch` with the reason to decline."""
 
     @abc.abstractmethod
     def rewrite(self, graph: gs.Graph, match: Match[C]) -> None:
         """Replace `match` in `graph` in place (the driver cleans up and toposorts)."""
+
+
+def match_and_check(
+    rule: RewriteRule[C], graph: gs.Graph, anchor: gs.Node
+) -> Match[C] | Decline | None:
+    """`rule.match` then `rule.check` at `anchor`: the checked match, the reported `Decline`,
+    or None when the candidate is not even a near miss (the driver's and tests' one reading
+    of `NoMatch`)."""
+    try:
+        match = rule.match(graph, anchor)
+    except NoMatch as miss:
+        if not miss.near_miss:
+            return None
+        return Decline(rule.name, miss.node or anchor.name, miss.reason)
+    try:
+        rule.check(graph, match)
+    except NoMatch as miss:
+        return Decline(rule.name, miss.node or match.anchor, miss.reason)
+    return match

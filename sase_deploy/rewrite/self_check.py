@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 
 from sase_deploy.errors import UserError, first_line
-from sase_deploy.report.compare import compare_outputs, worst_relative
+from sase_deploy.graph_io import random_feed, real_inputs
+from sase_deploy.runtime.compare import compare_outputs, worst_relative
 
-_NP_DTYPES = {
+_NP_DTYPES: dict[int, type[np.generic]] = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.DOUBLE: np.float64,
@@ -33,12 +34,8 @@ def self_check_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarr
 
     Dynamic or unknown dims become 1.
     """
-    rng = np.random.default_rng(seed)
-    initializers = {i.name for i in model.graph.initializer}
-    feed: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
+    inputs = []
+    for value in real_inputs(model):
         ttype = value.type.tensor_type
         dims = [
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
@@ -50,11 +47,8 @@ def self_check_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarr
                 f"input '{value.name}' has an unsupported element type {ttype.elem_type}; "
                 "fuse models with float/int inputs"
             )
-        if np.issubdtype(dtype, np.floating):
-            feed[value.name] = rng.standard_normal(dims).astype(dtype)
-        else:
-            feed[value.name] = np.zeros(dims, dtype=dtype)
-    return feed
+        inputs.append((value.name, dims, dtype))
+    return random_feed(inputs, np.random.default_rng(seed))
 
 
 # The network outputs may differ by this many times the original's own float noise floor.
@@ -72,7 +66,7 @@ def _run(
     Only basic graph optimisations: compare what the graphs compute, not what ORT fuses.
     The extra outputs are appended to `model` for the run and removed again.
     """
-    from sase_deploy.engines.ort import OrtRunner
+    from sase_deploy.runtime.ort import OrtRunner
 
     declared = len(model.graph.output)
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra_outputs)
@@ -89,10 +83,8 @@ def _node_outputs(model: onnx.ModelProto) -> set[str]:
 
 def _io_signature(model: onnx.ModelProto) -> list[tuple[str, int, tuple[Any, ...] | None]]:
     """(name, element type, dims or None) of every graph input and output."""
-    initializers = {i.name for i in model.graph.initializer}
-    values = [v for v in model.graph.input if v.name not in initializers]
     signature = []
-    for prefix, group in (("in:", values), ("out:", list(model.graph.output))):
+    for prefix, group in (("in:", real_inputs(model)), ("out:", list(model.graph.output))):
         for value in group:
             ttype = value.type.tensor_type
             dims = (

@@ -10,7 +10,6 @@ with the batch dim left out of `dims`; fixed -> 0, full dims.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,14 @@ from typing import Any
 import onnx
 
 from sase_deploy._io import sha256_file
+from sase_deploy.artifacts import (
+    BundleManifest,
+    EngineManifest,
+    bundle_manifest_path,
+    manifest_path,
+    read_record,
+    try_read,
+)
 from sase_deploy.errors import UserError
 from sase_deploy.serving.model import (
     ENGINE_SUFFIXES,
@@ -74,50 +81,34 @@ def _kind(artifact: Path) -> str:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable manifest ({type(exc).__name__})") from exc
-    if not isinstance(found, dict):
-        raise UserError(f"{path} is not a sase-deploy manifest")
-    return found
-
-
 def _engine_source(engine: Path) -> _EngineSource:
     """Read the manifest beside `engine`: `sase-deploy build`'s `<stem>.manifest.json`, or the
     `manifest.json` of the bundle whose build.sh wrote the engine on the device."""
     from sase_deploy._io import sha256_model
     from sase_deploy.engines.cache import check_engine_intact
 
-    build_manifest = engine.with_suffix(".manifest.json")
+    build_manifest = manifest_path(engine)
     if build_manifest.is_file():
-        facts = _read_json(build_manifest)
+        facts = read_record(build_manifest, EngineManifest)
         check_engine_intact(engine, facts, build_manifest)
-        built = facts.get("built_onnx") or {}
-        if not built.get("path"):
-            raise UserError(f"{build_manifest} names no built_onnx; rebuild with sase-deploy build")
-        onnx_path = _locate(Path(built["path"]), build_manifest.parent, engine)
-        if built.get("sha256") and sha256_model(onnx_path) != built["sha256"]:
+        onnx_path = _locate(facts.built_onnx.path, build_manifest.parent, engine)
+        recorded = facts.built_onnx_sha256
+        if recorded and sha256_model(onnx_path) != recorded:
             raise UserError(
                 f"{onnx_path} changed since {engine.name} was built from it; rebuild the engine "
                 "(sase-deploy build) so that its I/O can be read"
             )
-        target = (facts.get("target") or {}).get("name") or engine.parent.name
-        return _EngineSource(onnx_path, facts.get("profile"), target, facts.get("backend", ""))
-    bundle_manifest = engine.parent / "manifest.json"
-    if bundle_manifest.is_file():
-        facts = _read_json(bundle_manifest)
-        files = facts.get("files") or {}
-        ours = str(facts.get("format", "")).startswith("sase-deploy.bundle")
-        if ours and files.get("engine") == engine.name:
-            onnx_path = _locate(engine.parent / str(files.get("onnx")), engine.parent, engine)
-            recorded = (facts.get("sha256") or {}).get(onnx_path.name)
-            if recorded is not None and recorded != sha256_file(onnx_path):
-                raise UserError(f"{onnx_path} changed since the bundle was written; bundle again")
-            target = (facts.get("target") or {}).get("name") or engine.parent.name
-            return _EngineSource(onnx_path, (facts.get("source") or {}).get("profile"), target,
-                                 "tensorrt")  # fmt: skip
+        return _EngineSource(onnx_path, facts.profile, facts.target_name, facts.backend)
+    bundle_manifest = bundle_manifest_path(engine.parent)
+    # a bundle's manifest.json of this version or 0.2.0; any other manifest.json is not ours
+    bundle = try_read(bundle_manifest, BundleManifest)
+    if bundle is not None and bundle.engine_file == engine.name:
+        onnx_path = _locate(engine.parent / str(bundle.onnx_file), engine.parent, engine)
+        recorded = bundle.files_sha256.get(onnx_path.name)
+        if recorded is not None and recorded != sha256_file(onnx_path):
+            raise UserError(f"{onnx_path} changed since the bundle was written; bundle again")
+        target = bundle.target_name or engine.parent.name
+        return _EngineSource(onnx_path, bundle.profile, target, "tensorrt")
     raise UserError(
         f"{engine}: no build manifest beside it ({build_manifest.name}); the I/O is read from the "
         "ONNX the manifest names: pass an engine as 'sase-deploy build' wrote it, or the .onnx"
@@ -158,14 +149,12 @@ IO = list[tuple[str, str, list[int]]]  # (name, Triton type, dims with -1 for dy
 
 def _graph_io(path: Path) -> tuple[IO, IO]:
     """(inputs, outputs) of the ONNX at `path`."""
-    from sase_deploy.graph_io import infer_shapes, load_onnx
+    from sase_deploy.graph_io import infer_shapes, load_onnx, real_inputs
 
     model = load_onnx(path)
     if any(not o.type.tensor_type.HasField("shape") for o in model.graph.output):
         model = infer_shapes(model)  # fills what the export left out
-    weights = {init.name for init in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in weights]  # old-style weight inputs
-    found = [(v.name, *_value_dims(v, path)) for v in inputs]
+    found = [(v.name, *_value_dims(v, path)) for v in real_inputs(model)]
     return found, [(v.name, *_value_dims(v, path)) for v in model.graph.output]
 
 

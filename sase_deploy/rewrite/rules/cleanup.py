@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from sase_deploy.graph_io import replace_uses
 from sase_deploy.rewrite.graph_utils import is_graph_output
-from sase_deploy.rewrite.rule import Captures, Match, ReportValue, RewriteRule
+from sase_deploy.rewrite.rule import Captures, Match, NoMatch, ReportValue, RewriteRule
 
 _LARGE = 1 << 16  # constants above this many bytes are compared by hash first
 
@@ -46,12 +46,12 @@ class Cleanup(RewriteRule[CleanupCaptures]):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return iter(graph.nodes[:1])
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[CleanupCaptures] | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[CleanupCaptures]:
         identities = [n for n in graph.nodes if _removable_identity(graph, n)]
         constants = len(_constant_groups(graph))
         duplicates = len(_duplicate_nodes(graph))
         if not identities and not constants and not duplicates:
-            return None
+            raise NoMatch("nothing to clean up")
         return Match(
             rule=self.name,
             anchor="graph",

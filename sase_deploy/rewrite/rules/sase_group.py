@@ -34,8 +34,8 @@ from collections.abc import Iterator
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import shape_of
-from sase_deploy.rewrite.rule import Decline, Match, RewriteRule
-from sase_deploy.rewrite.rules.sase.emit import emit_block, mask_size, resize_problem
+from sase_deploy.rewrite.rule import Match, NoMatch, RewriteRule
+from sase_deploy.rewrite.rules.sase.emit import check_resize, emit_block, mask_size
 from sase_deploy.rewrite.rules.sase.match import ANCHOR_OPS, SaseCaptures, match_sase
 
 
@@ -48,24 +48,23 @@ class SaseGroupFusion(RewriteRule[SaseCaptures]):
         # Divs anchor blocks; Add/Sum/ReduceSum roots are looked at for un-normalised sums
         return (node for node in graph.nodes if node.op in ANCHOR_OPS)
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[SaseCaptures] | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[SaseCaptures]:
         return match_sase(self.name, anchor)
 
-    def check(self, graph: gs.Graph, match: Match[SaseCaptures]) -> str | None:
+    def check(self, graph: gs.Graph, match: Match[SaseCaptures]) -> None:
         masks = match.captures.masks
         source = masks[0].chunk.source
         shape = shape_of(source)
         if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
-            return "the source map has no static spatial size (needed to flatten the masks)"
+            raise NoMatch.near(
+                "the source map has no static spatial size (needed to flatten the masks)"
+            )
         resize = masks[0].resize
         if resize is not None:
             mask_hw = mask_size(source, masks[0].layers)
-            problem = resize_problem(int(graph.opset or 0), resize, mask_hw)
-            if problem is not None:
-                return problem
+            check_resize(int(graph.opset or 0), resize, mask_hw)
         if match.captures.eps <= 0.0:
-            return f"eps = {match.captures.eps} is not positive"
-        return None
+            raise NoMatch.near(f"eps = {match.captures.eps} is not positive")
 
     def rewrite(self, graph: gs.Graph, match: Match[SaseCaptures]) -> None:
         emit_block(graph, f"{self.name}/{match.anchor}", match.captures)

@@ -22,8 +22,8 @@ import onnx_graphsurgeon as gs
 from sase_deploy.rewrite.gate_analysis import GateAnalysis, analyse_gate, classify_kind
 from sase_deploy.rewrite.gate_ops import BINARY_OPS, UNARY_OPS, is_spatial_matmul
 from sase_deploy.rewrite.graph_utils import const_value, detach, make_node
-from sase_deploy.rewrite.rule import Captures, Decline, Match, RewriteRule
-from sase_deploy.rewrite.rules.se_gate_emit import GateEmitter, Unsupported, is_global_window
+from sase_deploy.rewrite.rule import Captures, Match, NoMatch, RewriteRule
+from sase_deploy.rewrite.rules.se_gate_emit import GateEmitter, is_global_window
 
 # Ops a canonical gate may contain; anything else in a gate means there is work to do.
 CANONICAL_OPS = frozenset(
@@ -48,12 +48,12 @@ class SeGateCanonicalise(RewriteRule[GateCaptures]):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return (node for node in list(graph.nodes) if node.op == "Mul")
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[GateCaptures] | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[GateCaptures]:
         analysis = analyse_gate(anchor)
         if analysis is None:
-            return None
+            raise NoMatch(f"Mul '{anchor.name}' does not read pooled statistics")
         if analysis.problem is not None:
-            return Decline(self.name, anchor.name, analysis.problem)
+            raise NoMatch.near(analysis.problem)
         return Match(
             rule=self.name,
             anchor=anchor.name,
@@ -63,26 +63,22 @@ class SeGateCanonicalise(RewriteRule[GateCaptures]):
             block_output=anchor.outputs[0].name,
         )
 
-    def check(self, graph: gs.Graph, match: Match[GateCaptures]) -> str | None:
+    def check(self, graph: gs.Graph, match: Match[GateCaptures]) -> None:
         analysis = match.captures.analysis
         inside = {id(n) for n in match.nodes}
         for node in analysis.nodes:
             for out in node.outputs:
                 if any(id(user) not in inside for user in out.outputs):
-                    return f"'{out.name}' inside the gate is also used outside it"
+                    raise NoMatch.near(f"'{out.name}' inside the gate is also used outside it")
                 if any(out is t for t in graph.outputs):
-                    return f"'{out.name}' inside the gate is a graph output"
-        try:
-            GateEmitter(gs.Graph(), analysis, dry_run=True).emit()
-        except Unsupported as exc:
-            return str(exc)
+                    raise NoMatch.near(f"'{out.name}' inside the gate is a graph output")
+        GateEmitter(gs.Graph(), analysis, dry_run=True).emit()  # raises what it cannot express
         canonical_ops = all(
             n.op in CANONICAL_OPS and (n.op != "MatMul" or is_spatial_matmul(n))
             for n in analysis.nodes
         )
         if canonical_ops and not _foldable(analysis):
             match.captures.canonical = True
-        return None
 
     def rewrite(self, graph: gs.Graph, match: Match[GateCaptures]) -> None:
         if match.captures.canonical:

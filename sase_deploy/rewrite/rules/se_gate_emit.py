@@ -4,7 +4,7 @@
 value (or to itself, for pooled maps), op by op: global pools become one ReduceMean/ReduceMax
 with keepdims per pooled map, Gemm/MatMul on flattened vectors become 1x1 Convs, BatchNorm and
 bias Adds fold into the Conv before them, relayout chains disappear, ECA's Conv1d keeps its two
-Reshapes. What it cannot express raises `Unsupported` (the rule's decline reason); a dry run
+Reshapes. What it cannot express raises `NoMatch.near` (the rule's decline reason); a dry run
 (no graph changes) is how the rule checks that before rewriting.
 """
 
@@ -35,10 +35,7 @@ from sase_deploy.rewrite.graph_utils import (
     shape_of,
     spatial_size,
 )
-
-
-class Unsupported(Exception):
-    """The gate contains something the canonical emitter cannot express (a decline reason)."""
+from sase_deploy.rewrite.rule import NoMatch
 
 
 def is_global_window(node: gs.Node) -> bool:
@@ -63,7 +60,7 @@ class GateEmitter:
 
     `graph` receives the new nodes (named `<prefix>/<op>_<n>`); `analysis` is the gate to
     re-emit; with `dry_run` nothing is added (placeholders stand in for the new tensors), so
-    `emit` only raises `Unsupported` for what it could not express.
+    `emit` only raises `NoMatch.near` for what it could not express.
     """
 
     def __init__(
@@ -101,7 +98,7 @@ class GateEmitter:
             node = tensor.inputs[0] if tensor.inputs else None
             if node is None or all(node is not n for n in self.analysis.nodes):
                 return tensor  # read from outside the gate (the pooled map itself)
-            raise Unsupported(f"'{tensor.name}' is used before it is computed")
+            raise NoMatch.near(f"'{tensor.name}' is used before it is computed")
         return self.values[id(tensor)]
 
     def _users_inside(self, tensor: gs.Tensor) -> int:
@@ -111,7 +108,7 @@ class GateEmitter:
     # -- emission ---------------------------------------------------------------------------
 
     def emit(self) -> gs.Tensor:
-        """Emit every gate node; returns the canonical gate tensor (raises `Unsupported`)."""
+        """Emit every gate node; returns the canonical gate tensor (raises `NoMatch.near`)."""
         for node in self.analysis.nodes:
             self._emit_node(node)
         gate = self.analysis.gate
@@ -154,7 +151,7 @@ class GateEmitter:
         if op in BINARY_OPS:
             self._emit_binary(node)
             return
-        raise Unsupported(f"{op} '{node.name}' has no canonical form")
+        raise NoMatch.near(f"{op} '{node.name}' has no canonical form")
 
     def _global_pool(self, is_max: bool, x: gs.Tensor) -> gs.Tensor:
         """ReduceMean/ReduceMax over H, W with keepdims: the canonical pool (one per map).
@@ -186,24 +183,26 @@ class GateEmitter:
             return
         if node.op == "Cast":
             if src.dtype != out.dtype:
-                raise Unsupported(f"Cast '{node.name}' changes the gate's dtype")
+                raise NoMatch.near(f"Cast '{node.name}' changes the gate's dtype")
             self.values[id(out)] = self._value(src)
             return
         c_in, c_out = vector_channels(shape_of(src)), vector_channels(shape_of(out))
         s_in, s_out = shape_of(src), shape_of(out)
         if c_in is None or c_in != c_out or s_in is None or s_out is None:
-            raise Unsupported(f"{node.op} '{node.name}' is not a pure relayout of a channel vector")
+            raise NoMatch.near(
+                f"{node.op} '{node.name}' is not a pure relayout of a channel vector"
+            )
         if s_in[0] != s_out[0] and None not in (s_in[0], s_out[0]):
-            raise Unsupported(f"{node.op} '{node.name}' moves the batch dimension")
+            raise NoMatch.near(f"{node.op} '{node.name}' moves the batch dimension")
         self.values[id(out)] = self._value(src)
 
     def _emit_linear(self, node: gs.Node) -> None:
         src = node.inputs[0]
         weight = const_value(node.inputs[1])
         if weight is None or weight.ndim != 2:
-            raise Unsupported(f"{node.op} '{node.name}' weight is not a constant matrix")
+            raise NoMatch.near(f"{node.op} '{node.name}' weight is not a constant matrix")
         if node.op == "MatMul" and vector_channels(shape_of(src)) != weight.shape[0]:
-            raise Unsupported(f"MatMul '{node.name}' does not map a channel vector")
+            raise NoMatch.near(f"MatMul '{node.name}' does not map a channel vector")
         if node.op == "Gemm":
             alpha = float(node.attrs.get("alpha", 1.0))
             beta = float(node.attrs.get("beta", 1.0))
@@ -211,7 +210,7 @@ class GateEmitter:
             bias = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
             if bias is not None:
                 if bias.size not in (1, conv_w.shape[0]):
-                    raise Unsupported(f"Gemm '{node.name}' bias is not per output channel")
+                    raise NoMatch.near(f"Gemm '{node.name}' bias is not per output channel")
                 bias = np.broadcast_to(bias.reshape(-1), (conv_w.shape[0],)) * beta
         else:
             conv_w, bias = linear_as_conv_weight(weight, False), None
@@ -233,19 +232,19 @@ class GateEmitter:
         src = node.inputs[0]
         weight = const_value(node.inputs[1])
         if weight is None:
-            raise Unsupported(f"Conv '{node.name}' weight is not constant")
+            raise NoMatch.near(f"Conv '{node.name}' weight is not constant")
         rank = len(shape_of(src) or ())
         if rank == 3:  # ECA: Conv1d across channels, fed a (B, 1, C) view of the vector
             c = vector_channels(shape_of(src))
             if c is None or weight.shape[:2] != (1, 1):
-                raise Unsupported(f"Conv1d '{node.name}' is not a single-filter channel conv")
+                raise NoMatch.near(f"Conv1d '{node.name}' is not a single-filter channel conv")
             row = self._node("Reshape", [self._value(src), self._const(np.array([-1, 1, c]))])
             conv = self._node("Conv", [row, *node.inputs[1:]], dict(node.attrs))
             back = self._node("Reshape", [conv, self._const(np.array([-1, c, 1, 1]))])
             self.values[id(node.outputs[0])] = back
             return
         if rank != 4:
-            raise Unsupported(f"Conv '{node.name}' has rank {rank}")
+            raise NoMatch.near(f"Conv '{node.name}' has rank {rank}")
         out = self._node("Conv", [self._value(src), *node.inputs[1:]], dict(node.attrs))
         self.values[id(node.outputs[0])] = out
         if not self.dry_run:
@@ -265,7 +264,7 @@ class GateEmitter:
         src = node.inputs[0]
         bn = batchnorm_params(node)
         if bn is None:
-            raise Unsupported(f"BatchNormalization '{node.name}' is not in inference form")
+            raise NoMatch.near(f"BatchNormalization '{node.name}' is not in inference form")
         conv = self._foldable_conv(src)
         if conv is not None:
             weight = const_value(conv.inputs[1])
@@ -298,7 +297,7 @@ class GateEmitter:
             self.values[id(out)] = self._copy(node, [self._value(t) for t in node.inputs])
             return
         if len(node.inputs) != 2 or len(data) != 1:
-            raise Unsupported(f"{node.op} '{node.name}' has an unexpected constant operand")
+            raise NoMatch.near(f"{node.op} '{node.name}' has an unexpected constant operand")
         ref = data[0]
         const = next(c for c in consts if c is not None)
         assert const is not None
@@ -330,10 +329,10 @@ class GateEmitter:
         if shape is None or c is None:
             if shape is not None and len(shape) == 4:
                 return const  # a pooled map keeps its layout
-            raise Unsupported(f"{node.op} '{node.name}' has a non-scalar constant on a non-vector")
+            raise NoMatch.near(f"{node.op} '{node.name}' has a non-scalar constant on a non-vector")
         padded = const.reshape((1,) * (len(shape) - const.ndim) + const.shape)
         axes = [i for i, d in enumerate(padded.shape) if d != 1]
         channel_axes = [i for i, d in enumerate(shape) if i > 0 and d != 1]
         if len(axes) != 1 or axes != channel_axes or padded.shape[axes[0]] != c:
-            raise Unsupported(f"{node.op} '{node.name}' constant is not per channel")
+            raise NoMatch.near(f"{node.op} '{node.name}' constant is not per channel")
         return padded.reshape(1, c, 1, 1)

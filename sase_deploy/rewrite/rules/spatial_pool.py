@@ -45,7 +45,14 @@ from sase_deploy.rewrite.graph_utils import (
     producer,
     shape_of,
 )
-from sase_deploy.rewrite.rule import Captures, Decline, Match, ReportValue, RewriteRule
+from sase_deploy.rewrite.rule import (
+    BlockKind,
+    Captures,
+    Match,
+    NoMatch,
+    ReportValue,
+    RewriteRule,
+)
 from sase_deploy.rewrite.rules.pool.read import Squeeze, read_squeeze
 from sase_deploy.rewrite.rules.pool.weights import squeeze_weights, verify_weights
 
@@ -95,21 +102,17 @@ class SpatialPoolCollapse(RewriteRule[PoolCaptures]):
     def candidates(self, graph: gs.Graph) -> Iterator[gs.Node]:
         return (node for node in graph.nodes if node.op == "Relu")
 
-    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[PoolCaptures] | Decline | None:
+    def match(self, graph: gs.Graph, anchor: gs.Node) -> Match[PoolCaptures]:
         squeeze = read_squeeze(anchor.inputs[0])
-        if squeeze is None:
-            return None
         shape = shape_of(squeeze.x)
         if shape is None or len(shape) != 4 or shape[1] is None:
-            return None
+            raise NoMatch(f"the map '{squeeze.x.name}' is not (B, C, H, W) with a known C")
         if shape[2] is None or shape[3] is None:
-            return Decline(
-                self.name,
-                anchor.name,
+            raise NoMatch.near(
                 "the pooled map has a dynamic spatial size; collapsing the pools into one "
-                "weighted reduction needs static H and W",
+                "weighted reduction needs static H and W"
             )
-        kind = "spse" if len(squeeze.branches) >= 2 else "rgse"
+        kind: BlockKind = "spse" if len(squeeze.branches) >= 2 else "rgse"
         gate = gate_mul_downstream(anchor.outputs[0])
         return Match(
             rule=self.name,
@@ -120,23 +123,19 @@ class SpatialPoolCollapse(RewriteRule[PoolCaptures]):
             block_output=None if gate is None else gate.outputs[0].name,
         )
 
-    def check(self, graph: gs.Graph, match: Match[PoolCaptures]) -> str | None:
+    def check(self, graph: gs.Graph, match: Match[PoolCaptures]) -> None:
         captures = match.captures
         squeeze = captures.squeeze
-        weights = squeeze_weights(graph, squeeze)
-        if isinstance(weights, str):
-            return weights
-        kernel, bias = weights
+        kernel, bias = squeeze_weights(graph, squeeze)
         captures.kernel = kernel.astype(np.float32)
         captures.bias = bias.astype(np.float32)
-        problem = verify_weights(graph, squeeze, captures.kernel, captures.bias)
-        if problem is None and _reads_map_once(squeeze):
+        verify_weights(graph, squeeze, captures.kernel, captures.bias)
+        if _reads_map_once(squeeze):
             self._keep_pool(squeeze, bias, captures)
         elif _is_global_mean(captures.kernel, captures.bias):
             captures.form = "global mean"
         else:
             captures.form = "collapsed depthwise conv"
-        return problem
 
     @staticmethod
     def _keep_pool(squeeze: Squeeze, bias: np.ndarray, captures: PoolCaptures) -> None:

@@ -3,7 +3,8 @@
 `read_squeeze` walks back from the descriptor: an optional inference BatchNormalization, an
 Add/Sum tree of branch outputs and constants, per branch an optional depthwise conv and the
 pooling subgraph (ops linear in X or pure data movement) up to the map X that every branch
-pools. It reads what the graph computes, never names; anything else is not a squeeze (None).
+pools. It reads what the graph computes, never names; anything else is not a squeeze (a plain
+`NoMatch`: not reported, SE gates and every other ReLU are candidates too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import const_value, producer
+from sase_deploy.rewrite.rule import NoMatch
 
 # Ops a pooling subgraph may contain: linear in X or pure data movement. Anything else bounds it.
 POOLING_OPS = frozenset(
@@ -54,43 +56,36 @@ class Squeeze:
     nodes: list[gs.Node] = field(default_factory=list)
 
 
-class _NoMatch(Exception):
-    pass
-
-
-def read_squeeze(end: gs.Tensor) -> Squeeze | None:
+def read_squeeze(end: gs.Tensor) -> Squeeze:
     """Read the squeeze back from `end`; the map X is where the pooling region escapes.
 
     A tensor inside the pooling region that is also read outside it (X feeds the gate Mul
     too) bounds the region: parsing repeats with such tensors as stops until none is left.
-    None when `end` is not computed by a squeeze.
+    Raises `NoMatch` when `end` is not computed by a squeeze.
     """
     stop: set[int] = set()
-    try:
-        for _ in range(4):
-            squeeze = _parse_once(end, stop)
-            inside = {id(n) for n in squeeze.nodes}
-            pooled = {id(b.pooled) for b in squeeze.branches}
-            escaping = {
-                id(t)
-                for b in squeeze.branches
-                for n in b.pool_nodes
-                for t in n.outputs
-                if id(t) not in pooled and any(id(c) not in inside for c in t.outputs)
-            }
-            if escaping <= stop:
-                return squeeze
-            stop |= escaping
-    except _NoMatch:
-        return None
-    return None
+    for _ in range(4):
+        squeeze = _parse_once(end, stop)
+        inside = {id(n) for n in squeeze.nodes}
+        pooled = {id(b.pooled) for b in squeeze.branches}
+        escaping = {
+            id(t)
+            for b in squeeze.branches
+            for n in b.pool_nodes
+            for t in n.outputs
+            if id(t) not in pooled and any(id(c) not in inside for c in t.outputs)
+        }
+        if escaping <= stop:
+            return squeeze
+        stop |= escaping
+    raise NoMatch(f"the pooling region behind '{end.name}' does not settle")
 
 
 def _parse_once(end: gs.Tensor, stop: set[int]) -> Squeeze:
     nodes: list[gs.Node] = []
     node = producer(end)
     if node is None:
-        raise _NoMatch
+        raise NoMatch(f"'{end.name}' is a graph input or constant")
     bn = None
     summed = end
     if node.op == "BatchNormalization":
@@ -113,20 +108,21 @@ def _parse_once(end: gs.Tensor, stop: set[int]) -> Squeeze:
             conv, pooled = None, leaf
         pool_nodes, _, boundary = _pool_region(pooled, stop)
         if len(boundary) != 1:
-            raise _NoMatch
+            raise NoMatch(f"'{pooled.name}' pools more than one map")
         if conv is None and not any(n.op in AVERAGING_OPS for n in pool_nodes):
-            raise _NoMatch
+            raise NoMatch(f"'{pooled.name}' is not pooled")
         nodes.extend(pool_nodes)
         branches.append(Branch(pooled, pool_nodes, conv))
         xs.append(boundary[0])
     if not branches or any(x is not xs[0] for x in xs):
-        raise _NoMatch
+        raise NoMatch("the branches do not pool one map")
     averaging = any(n.op in AVERAGING_OPS for b in branches for n in b.pool_nodes)
     if not averaging and not all(b.conv is not None for b in branches):
-        raise _NoMatch
+        raise NoMatch("no branch averages the map")
     bare = len(branches) == 1 and branches[0].conv is None and bn is None and not bias_terms
     if bare and not any(n.op == "AveragePool" for n in branches[0].pool_nodes):
-        raise _NoMatch  # a bare pool -> ReLU: only a region pool (RGSE layer4) is claimed
+        # a bare pool -> ReLU: only a region pool (RGSE layer4) is claimed
+        raise NoMatch("a bare global pool, not a squeeze")
     return Squeeze(xs[0], end, branches, bias_terms, bn, nodes)
 
 

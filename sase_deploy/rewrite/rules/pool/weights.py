@@ -14,54 +14,54 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from sase_deploy.engines.ort import run_onnx
 from sase_deploy.rewrite.graph_utils import attr_ints, batchnorm_params, const_value, shape_of
+from sase_deploy.rewrite.rule import NoMatch
 from sase_deploy.rewrite.rules.pool.read import Branch, Squeeze
+from sase_deploy.runtime.ort import run_onnx
 
 MAX_PROBE_ELEMENTS = 64 * 1024 * 1024  # (H*W)^2 basis-image floats: maps up to ~90x90
 VERIFY_RTOL = 1e-5
 
 
-def squeeze_weights(graph: gs.Graph, squeeze: Squeeze) -> tuple[np.ndarray, np.ndarray] | str:
-    """The whole `squeeze` (read from `graph`) as one depthwise conv, or why it cannot be.
+def squeeze_weights(graph: gs.Graph, squeeze: Squeeze) -> tuple[np.ndarray, np.ndarray]:
+    """The whole `squeeze` (read from `graph`) as one depthwise conv.
 
-    Returns the kernel (C, 1, H, W) and bias (C,), both float64, or a decline reason.
+    Returns the kernel (C, 1, H, W) and bias (C,), both float64; raises `NoMatch.near` with
+    why it cannot be.
     """
     shape = shape_of(squeeze.x)
     assert shape is not None
     channels, height, width = int(shape[1]), int(shape[2]), int(shape[3])  # type: ignore[arg-type]
     if (height * width) ** 2 > MAX_PROBE_ELEMENTS:
-        return f"the pooled map ({height}x{width}) is too large to probe"
+        raise NoMatch.near(f"the pooled map ({height}x{width}) is too large to probe")
     kernel = np.zeros((channels, height * width), dtype=np.float64)
     bias = np.zeros(channels, dtype=np.float64)
     for branch in squeeze.branches:
         try:
             pool = _probe_pool(graph, squeeze.x, branch, height, width)
+        except NoMatch:
+            raise  # the pool ran: what it computes is the reason
         except Exception as err:
-            return f"the pooling subgraph cannot be probed per channel ({type(err).__name__})"
-        if isinstance(pool, str):
-            return pool
-        problem = _contract(branch, pool, channels, kernel, bias)
-        if problem is not None:
-            return problem
+            reason = f"the pooling subgraph cannot be probed per channel ({type(err).__name__})"
+            raise NoMatch.near(reason) from None
+        _contract(branch, pool, channels, kernel, bias)
     for term in squeeze.bias_terms:
         if term.size not in (1, channels):
-            return "a constant added to the descriptor is not per channel"
+            raise NoMatch.near("a constant added to the descriptor is not per channel")
         bias += term.reshape(-1).astype(np.float64)
     if squeeze.bn is not None:
         params = batchnorm_params(squeeze.bn)
         if params is None:
-            return "the descriptor BatchNormalization is not in inference form"
+            raise NoMatch.near("the descriptor BatchNormalization is not in inference form")
         kernel *= params.scale[:, None]
         bias = bias * params.scale + params.shift
     return kernel.reshape(channels, 1, height, width), bias
 
 
-def verify_weights(
-    graph: gs.Graph, squeeze: Squeeze, kernel: np.ndarray, bias: np.ndarray
-) -> str | None:
-    """None when `kernel` (C, 1, H, W) and `bias` (C,) compute what `squeeze` does in `graph`
-    (relative tolerance `VERIFY_RTOL` on a seeded random input), else the reason they do not."""
+def verify_weights(graph: gs.Graph, squeeze: Squeeze, kernel: np.ndarray, bias: np.ndarray) -> None:
+    """Check that `kernel` (C, 1, H, W) and `bias` (C,) compute what `squeeze` does in `graph`
+    (relative tolerance `VERIFY_RTOL` on a seeded random input); raises `NoMatch.near` with the
+    reason they do not."""
     shape = shape_of(squeeze.x)
     assert shape is not None
     channels, height, width = (int(d) for d in shape[1:])  # type: ignore[arg-type]
@@ -73,21 +73,23 @@ def verify_weights(
     try:
         ref = next(iter(run_onnx(model, {squeeze.x.name: x}).values())).astype(np.float64)
     except Exception as err:
-        return f"the squeeze subgraph does not run alone ({type(err).__name__})"
+        reason = f"the squeeze subgraph does not run alone ({type(err).__name__})"
+        raise NoMatch.near(reason) from None
     got = np.einsum("bchw,chw->bc", x.astype(np.float64), kernel[:, 0].astype(np.float64))
     got = got + bias[None, :]
     if ref.size != got.size:
-        return f"the squeeze output has shape {ref.shape}, not (B, C, 1, 1)"
+        raise NoMatch.near(f"the squeeze output has shape {ref.shape}, not (B, C, 1, 1)")
     miss = float(np.abs(ref.reshape(got.shape) - got).max())
     scale = max(float(np.abs(ref).max()), 1e-12)
     if miss > VERIFY_RTOL * scale:
-        return f"the collapsed weights miss the original squeeze by {miss / scale:.2e} (relative)"
-    return None
+        raise NoMatch.near(
+            f"the collapsed weights miss the original squeeze by {miss / scale:.2e} (relative)"
+        )
 
 
 def _probe_pool(
     graph: gs.Graph, x: gs.Tensor, branch: Branch, height: int, width: int
-) -> np.ndarray | str:
+) -> np.ndarray:
     """The pooling matrix (H*W, ph, pw): the branch's pool run on every basis image."""
     size = height * width
     if not branch.pool_nodes:
@@ -97,43 +99,47 @@ def _probe_pool(
     out = next(iter(run_onnx(model, {x.name: basis}).values()))
     zero = next(iter(run_onnx(model, {x.name: np.zeros_like(basis[:1])}).values()))
     if out.ndim != 4 or out.shape[:2] != (size, 1):
-        return f"the pooling subgraph does not keep channels apart (output {out.shape})"
+        raise NoMatch.near(
+            f"the pooling subgraph does not keep channels apart (output {out.shape})"
+        )
     if np.abs(zero).max() > 0:
-        return "the pooling subgraph is affine, not linear (non-zero output for zero input)"
+        raise NoMatch.near(
+            "the pooling subgraph is affine, not linear (non-zero output for zero input)"
+        )
     return out[:, 0].astype(np.float64)
 
 
 def _contract(
     branch: Branch, pool: np.ndarray, channels: int, kernel: np.ndarray, bias: np.ndarray
-) -> str | None:
+) -> None:
     """Add this branch's per-channel weights (conv kernel contracted with P) to `kernel`."""
     ph, pw = pool.shape[1:]
     if branch.conv is None:
         if (ph, pw) != (1, 1):
-            return f"a pooled descriptor is {ph}x{pw}, not 1x1"
+            raise NoMatch.near(f"a pooled descriptor is {ph}x{pw}, not 1x1")
         kernel += pool[:, 0, 0][None, :]
-        return None
+        return
     conv = branch.conv
     weight = const_value(conv.inputs[1])
     assert weight is not None
     if weight.shape[0] != channels:
-        return "a depthwise conv does not keep the channel count"
+        raise NoMatch.near("a depthwise conv does not keep the channel count")
     if any(attr_ints(conv, "pads", [0, 0, 0, 0])) or any(
         d != 1 for d in attr_ints(conv, "dilations", [1, 1])
     ):
-        return "a depthwise conv pads or dilates its pooled input"
+        raise NoMatch.near("a depthwise conv pads or dilates its pooled input")
     if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-        return "a depthwise conv uses auto_pad"
+        raise NoMatch.near("a depthwise conv uses auto_pad")
     kh, kw = weight.shape[2:]
     sh, sw = attr_ints(conv, "strides", [1, 1])
     if kh > ph or kw > pw or (ph - kh) // sh + 1 != 1 or (pw - kw) // sw + 1 != 1:
-        return f"a depthwise conv ({kh}x{kw}) on a {ph}x{pw} pooled map does not give 1x1"
+        reason = f"a depthwise conv ({kh}x{kw}) on a {ph}x{pw} pooled map does not give 1x1"
+        raise NoMatch.near(reason)
     window = pool[:, :kh, :kw].reshape(pool.shape[0], kh * kw)  # (HW, kh*kw)
     kernel += weight.reshape(channels, kh * kw).astype(np.float64) @ window.T
     conv_bias = const_value(conv.inputs[2]) if len(conv.inputs) > 2 else None
     if conv_bias is not None:
         bias += conv_bias.astype(np.float64)
-    return None
 
 
 def _toposort(nodes: list[gs.Node], graph: gs.Graph) -> list[gs.Node]:

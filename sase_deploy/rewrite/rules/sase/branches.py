@@ -13,7 +13,6 @@ from sase_deploy.rewrite.graph_utils import const_value, producer, shape_of
 from sase_deploy.rewrite.rules.sase.read import (
     Chunk,
     Layer,
-    NearMiss,
     NoMatch,
     chunk_of,
     conv_chain,
@@ -42,10 +41,13 @@ class Mask:
 
 @dataclass
 class Style:
-    """One group's style vector: linear layers (as 1x1 conv weights) on its chunk's GAP."""
+    """One group's style vector: linear layers (as 1x1 conv weights) on its chunk's GAP.
+
+    `vector` is the tensor the branch computes (what `gates` walks back for its nodes)."""
 
     chunk: Chunk
     layers: list[Layer]
+    vector: gs.Tensor
 
 
 def style_branch(tensor: gs.Tensor) -> Style:
@@ -53,6 +55,8 @@ def style_branch(tensor: gs.Tensor) -> Style:
     try:
         return _style_branch(tensor)
     except NoMatch as miss:
+        if miss.near_miss:
+            raise
         raise NoMatch(f"the style vector '{tensor.name}' is not {STYLE_FORM}: {miss}") from None
 
 
@@ -86,7 +90,7 @@ def _style_branch(tensor: gs.Tensor) -> Style:
     layers.reverse()
     for layer in layers:
         layer.weight = layer.weight.reshape(*layer.weight.shape, 1, 1)
-    return Style(chunk_of(node.inputs[0]), layers)
+    return Style(chunk_of(node.inputs[0]), layers, tensor)
 
 
 def mask_branch(tensor: gs.Tensor) -> Mask:
@@ -94,6 +98,8 @@ def mask_branch(tensor: gs.Tensor) -> Mask:
     try:
         return _mask_branch(tensor)
     except NoMatch as miss:
+        if miss.near_miss:
+            raise
         raise NoMatch(f"the mask '{tensor.name}' is not {MASK_FORM}: {miss}") from None
 
 
@@ -140,7 +146,7 @@ def concat_logits(logits: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor | None]:
 
 def _single_channel(mask: Mask) -> Mask:
     if mask.layers[-1].weight.shape[0] != 1:
-        raise NearMiss("a group mask has more than one channel")
+        raise NoMatch.near("a group mask has more than one channel")
     return mask
 
 
@@ -150,7 +156,7 @@ def _channel_index(node: gs.Node, tensor: gs.Tensor) -> int:
         index = const_value(node.inputs[1])
         if int(node.attrs.get("axis", 0)) not in (1, -3) or index is None or index.size != 1:
             raise NoMatch(f"Gather '{node.name}' does not pick one channel")
-        raise NearMiss("a group mask is taken with Gather (drops the channel axis)")
+        raise NoMatch.near("a group mask is taken with Gather (drops the channel axis)")
     chunk = chunk_of(tensor)
     if chunk.stop - chunk.start != 1:
         raise NoMatch(f"'{tensor.name}' takes {chunk.stop - chunk.start} channels, not one")

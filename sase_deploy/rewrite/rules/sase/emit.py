@@ -2,7 +2,7 @@
 
 `emit_block` builds, under node names `<prefix>/<role>`, the chain that the rule's module
 docstring describes, and hands its result the matched block's `final` tensor (name and
-consumers kept). `resize_problem` is the static check that the fused style can be resized the
+consumers kept). `check_resize` is the static check that the fused style can be resized the
 way each mask was.
 """
 
@@ -22,6 +22,7 @@ from sase_deploy.rewrite.graph_utils import (
     producer,
     shape_of,
 )
+from sase_deploy.rewrite.rule import NoMatch
 from sase_deploy.rewrite.rules.sase.branches import resize_spatial_sizes
 from sase_deploy.rewrite.rules.sase.match import SaseCaptures
 from sase_deploy.rewrite.rules.sase.read import Layer
@@ -145,24 +146,28 @@ def _resize_scales(like: gs.Node, mask_hw: tuple[int, int]) -> np.ndarray | None
     return np.array([1.0, 1.0, *(float(r) for r in ratios)], dtype=np.float32)
 
 
-def resize_problem(opset: int, like: gs.Node, mask_hw: tuple[int, int]) -> str | None:
-    """Why the fused style cannot be resized the way `like` resizes each mask, or None."""
+def check_resize(opset: int, like: gs.Node, mask_hw: tuple[int, int]) -> None:
+    """Raises `NoMatch.near` with why the fused style cannot be resized the way `like`
+    resizes each mask."""
     if opset < 11:
-        return "the mask Resize predates opset 11 (no scales/sizes inputs)"
+        raise NoMatch.near("the mask Resize predates opset 11 (no scales/sizes inputs)")
     policy = like.attrs.get("keep_aspect_ratio_policy", "stretch")
     policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     if policy != "stretch":
-        return f"the mask Resize keeps the aspect ratio ('{policy}'): its output size is not sizes"
+        raise NoMatch.near(
+            f"the mask Resize keeps the aspect ratio ('{policy}'): its output size is not sizes"
+        )
     scales = _resize_scales(like, mask_hw)
     if scales is not None:
         if float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
-            return "the mask Resize scales the batch or channel axis"
-        return None
+            raise NoMatch.near("the mask Resize scales the batch or channel axis")
+        return
     if resize_spatial_sizes(like) is None:
-        return "the mask Resize target size cannot be read statically"
+        raise NoMatch.near("the mask Resize target size cannot be read statically")
     if opset < 15:
-        return "resizing to sizes built from the input's Shape (start/end) needs opset >= 15"
-    return None
+        raise NoMatch.near(
+            "resizing to sizes built from the input's Shape (start/end) needs opset >= 15"
+        )
 
 
 def _resize_like(

@@ -24,7 +24,6 @@ from sase_deploy.rewrite.rules.sase.branches import (
     style_branch,
 )
 from sase_deploy.rewrite.rules.sase.read import (
-    NearMiss,
     NoMatch,
     chunk_of,
     conv_chain,
@@ -91,12 +90,12 @@ def batched_groups(num: gs.Tensor, den_sum: gs.Tensor) -> Groups:
     logits, extra = concat_logits(sigmoid.inputs[0])
     concat = node_of(logits)
     if len(concat.inputs) != len(stack.inputs):
-        raise NearMiss("the stacked styles and concatenated masks differ in group count")
+        raise NoMatch.near("the stacked styles and concatenated masks differ in group count")
     masks = []
     for position, logit in enumerate(concat.inputs):
         layers, inp = conv_chain(logit)
         if layers[-1].weight.shape[0] != 1:
-            raise NearMiss("a group mask has more than one channel")
+            raise NoMatch.near("a group mask has more than one channel")
         masks.append(Mask(chunk_of(inp), layers, concat, position, extra, None))
     return masks, [style_branch(t) for t in stack.inputs]
 
@@ -111,6 +110,8 @@ def _stacked_items(tensor: gs.Tensor) -> tuple[list[gs.Tensor], int]:
     try:
         return _read_stack(tensor)
     except NoMatch as miss:
+        if miss.near_miss:
+            raise
         raise NoMatch(f"'{tensor.name}' is not a stack of per-group tensors: {miss}") from None
 
 
@@ -188,16 +189,16 @@ def stacked_groups(num: gs.Tensor, den_sum: gs.Tensor) -> Groups:
         raise NoMatch("the denominator does not sum the masks the numerator's product stacks")
     (mask_items, mask_axis), (style_items, style_axis) = stacked[order[0]], stacked[1 - order[0]]
     if len(style_items) != len(mask_items):
-        raise NearMiss("the stacked styles and masks differ in group count")
+        raise NoMatch.near("the stacked styles and masks differ in group count")
     if mask_axis != style_axis:
-        raise NearMiss("the masks and styles are stacked along different axes")
+        raise NoMatch.near("the masks and styles are stacked along different axes")
     if num_axis != mask_axis or den_axis != den_group_axis:
-        raise NearMiss(
+        raise NoMatch.near(
             f"the products are summed over axis {num_axis} and the masks over axis {den_axis}, "
             f"but the groups are stacked along axis {mask_axis} (and {den_group_axis})"
         )
     if eps_inside:
-        raise NearMiss(
+        raise NoMatch.near(
             "eps on the wrong side: a constant is added inside the numerator's group sum "
             "(expected sum m*s / (sum m + eps))"
         )
@@ -219,12 +220,14 @@ def _check_stacked_shapes(
     stacked masks of the denominator."""
     product_shape, mask_shape, style_shape, den_shape = shapes
     if product_shape is None or mask_shape is None or style_shape is None or den_shape is None:
-        raise NearMiss("the stacked group tensors have no inferred shape")
+        raise NoMatch.near("the stacked group tensors have no inferred shape")
     mask_rest = [d for i, d in enumerate(mask_shape) if i != axis]
     style_rest = [d for i, d in enumerate(style_shape) if i != axis]
     num_rank = len(product_shape) - (0 if num_keep else 1)
     den_rank = len(den_shape) - (0 if den_keep else 1)
     if len(mask_rest) != 4 or len(style_rest) != 4 or num_rank != 4 or den_rank != 4:
-        raise NearMiss("the group sums do not reduce to (B, C, H, W) maps")
+        raise NoMatch.near("the group sums do not reduce to (B, C, H, W) maps")
     if mask_rest[1] != 1 or style_rest[2:] != [1, 1]:
-        raise NearMiss("the stacked masks are not (B, G, 1, H, W) or the styles (B, G, C, 1, 1)")
+        raise NoMatch.near(
+            "the stacked masks are not (B, G, 1, H, W) or the styles (B, G, C, 1, 1)"
+        )

@@ -4,13 +4,14 @@ Anchors are Divs (`sum_g m_g s_g / (sum_g m_g + eps)`) and the roots of modulati
 Div normalises. What is reported:
 
 * a block the rewrite reproduces exactly: a `Match` with `SaseCaptures`;
-* a SASE-shaped block it cannot (eps on the wrong side, bilinear mask resize, ...): a `Decline`
-  with the `NearMiss` reason;
-* any other failure (`NoMatch`) only when the anchor has the SASE modulation signature: G >= 2
-  outer products of a spatial mask (B, 1, H, W) and a style vector (B, C, 1, 1) summed over the
-  groups (or the stacked / half-fused spellings of that sum). The reason then reads "looks like
-  a SASE/SLIM block (G groups ...) but <what failed>". Without the signature (an SE gate, a
-  residual Add, FastGAN's SLE) nothing is reported: it is not a SASE block at all.
+* a SASE-shaped block it cannot (eps on the wrong side, bilinear mask resize, ...): a near
+  miss (`NoMatch.near`), reported as a decline with its reason;
+* any other failure (a plain `NoMatch`) only when the anchor has the SASE modulation
+  signature: G >= 2 outer products of a spatial mask (B, 1, H, W) and a style vector
+  (B, C, 1, 1) summed over the groups (or the stacked / half-fused spellings of that sum).
+  The reason then reads "looks like a SASE/SLIM block (G groups ...) but <what failed>".
+  Without the signature (an SE gate, a residual Add, FastGAN's SLE) nothing is reported: it is
+  not a SASE block at all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.graph_utils import producer, scalar_value, shape_of
-from sase_deploy.rewrite.rule import Captures, Decline, Match, ReportValue
+from sase_deploy.rewrite.rule import Captures, Match, NoMatch, ReportValue
 from sase_deploy.rewrite.rules.sase.branches import Mask, Style, resize_signature
 from sase_deploy.rewrite.rules.sase.forms import (
     Groups,
@@ -29,7 +30,7 @@ from sase_deploy.rewrite.rules.sase.forms import (
     stacked_product,
     summed_groups,
 )
-from sase_deploy.rewrite.rules.sase.read import NearMiss, NoMatch, is_sum, node_of
+from sase_deploy.rewrite.rules.sase.read import is_sum, node_of
 
 ANCHOR_OPS = frozenset({"Div", "Add", "Sum", "ReduceSum"})
 
@@ -51,26 +52,24 @@ class SaseCaptures(Captures):
         return fields
 
 
-def match_sase(rule: str, anchor: gs.Node) -> Match[SaseCaptures] | Decline | None:
-    """The rule's `match`: see the module docstring for what is reported."""
+def match_sase(rule: str, anchor: gs.Node) -> Match[SaseCaptures]:
+    """The rule's `match`; raises `NoMatch` (see the module docstring for what is reported)."""
     if anchor.op != "Div":
         groups = _unnormalised_groups(anchor)
         if groups is None:
-            return None
+            raise NoMatch(f"{anchor.op} '{anchor.name}' is not the root of a modulation sum")
         why = (
             "nothing divides the sum by the sum of the masks + eps "
             "(expected sum m*s / (sum m + eps))"
         )
-        return Decline(rule, anchor.name, _looks_like(groups, why))
+        raise NoMatch.near(_looks_like(groups, why))
     try:
         return _match_div(rule, anchor)
-    except NearMiss as miss:
-        return Decline(rule, anchor.name, str(miss))
     except NoMatch as miss:
-        groups = modulation_groups(anchor)
+        groups = None if miss.near_miss else modulation_groups(anchor)
         if groups is None:
-            return None
-        return Decline(rule, anchor.name, _looks_like(groups, str(miss)))
+            raise
+        raise NoMatch.near(_looks_like(groups, miss.reason)) from None
 
 
 def _looks_like(groups: int, why: str) -> str:
@@ -86,7 +85,7 @@ def _match_div(rule: str, div: gs.Node) -> Match[SaseCaptures]:
     eps, den_sum = _split_eps(div.inputs[1])
     masks, styles = _read_groups(div.inputs[0], den_sum)
     if eps is None:
-        raise NearMiss(
+        raise NoMatch.near(
             "eps on the wrong side: the denominator sum of masks has no added constant "
             "(expected sum m*s / (sum m + eps))"
         )
@@ -173,15 +172,15 @@ def _check_chunks(masks: list[Mask], styles: list[Style]) -> None:
     source = masks[0].chunk.source
     for mask, style in zip(masks, styles, strict=True):
         if mask.chunk.source is not source or style.chunk.source is not source:
-            raise NearMiss("the groups read different source tensors")
+            raise NoMatch.near("the groups read different source tensors")
         if (mask.chunk.start, mask.chunk.stop) != (style.chunk.start, style.chunk.stop):
-            raise NearMiss("the style and mask of one term read different channel groups")
+            raise NoMatch.near("the style and mask of one term read different channel groups")
     spans = sorted((m.chunk.start, m.chunk.stop) for m in masks)
     width = spans[0][1] - spans[0][0]
     total = masks[0].chunk.channels
     expected = [(g * width, (g + 1) * width) for g in range(len(masks))]
     if spans != expected or width * len(masks) != total:
-        raise NearMiss(
+        raise NoMatch.near(
             f"the groups' channel ranges {spans} are not {len(masks)} equal, contiguous "
             f"chunks covering all {total} source channels"
         )
@@ -190,30 +189,30 @@ def _check_chunks(masks: list[Mask], styles: list[Style]) -> None:
 def _check_branches(masks: list[Mask], styles: list[Style]) -> None:
     """The groups' branches stack into grouped convs: same shapes, resizes, logit layout."""
     if len({tuple(layer.signature() for layer in m.layers) for m in masks}) != 1:
-        raise NearMiss("the groups' mask branches have mismatched shapes")
+        raise NoMatch.near("the groups' mask branches have mismatched shapes")
     if len({tuple(layer.signature() for layer in s.layers) for s in styles}) != 1:
-        raise NearMiss("the groups' style branches have mismatched shapes")
+        raise NoMatch.near("the groups' style branches have mismatched shapes")
     if len({s.layers[-1].weight.shape[0] for s in styles}) != 1:
-        raise NearMiss("the groups' style vectors have different lengths")
+        raise NoMatch.near("the groups' style vectors have different lengths")
     if len({resize_signature(m.resize) for m in masks}) != 1:
-        raise NearMiss("the groups' masks are resized differently")
+        raise NoMatch.near("the groups' masks are resized differently")
     resize = masks[0].resize
     if resize is not None:
         mode = resize.attrs.get("mode", "nearest")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         if mode != "nearest":
-            raise NearMiss(
+            raise NoMatch.near(
                 f"the masks are resized with '{mode}' interpolation; only nearest resizing "
                 "commutes with the per-pixel aggregation"
             )
     if len({id(m.concat) for m in masks}) != 1:
-        raise NearMiss("some group masks come from a shared Concat and some do not")
+        raise NoMatch.near("some group masks come from a shared Concat and some do not")
     if masks[0].concat is not None:
         by_start = sorted(masks, key=lambda m: m.chunk.start)
         if [m.position for m in by_start] != list(range(len(masks))):
-            raise NearMiss("the concatenated mask logits are not in channel-group order")
+            raise NoMatch.near("the concatenated mask logits are not in channel-group order")
         if len(masks[0].concat.inputs) != len(masks):
-            raise NearMiss("the concatenated mask logits hold more maps than groups")
+            raise NoMatch.near("the concatenated mask logits hold more maps than groups")
 
 
 # ---------------------------------------------------------------- the modulation signature
@@ -277,7 +276,9 @@ def _stacked_signature(num: gs.Tensor) -> int:
     a decline with its own reason), the group axis being any one they share."""
     try:
         product = stacked_product(num)[0]
-    except NoMatch:
+    except NoMatch as miss:
+        if miss.near_miss:
+            raise
         return 0
     a, b = (shape_of(t) for t in product.inputs)
     if a is None or b is None or len(a) != 5 or len(b) != 5:

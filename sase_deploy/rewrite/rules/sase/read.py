@@ -2,8 +2,9 @@
 
 Readers walk backwards from a tensor and return what the rewrite needs (layers as float32
 arrays with BatchNorm folded, the channel range of a source map). They raise `NoMatch` when the
-subgraph is not of the expected form and `NearMiss` when it is but cannot be rewritten exactly;
-both carry a clause saying what was found (the matcher decides whether it is reported).
+subgraph is not of the expected form and `NoMatch.near` when it is but cannot be rewritten
+exactly; both carry a clause saying what was found (the matcher decides whether a plain
+`NoMatch` is reported: only where the anchor has the SASE modulation signature).
 """
 
 from __future__ import annotations
@@ -22,15 +23,7 @@ from sase_deploy.rewrite.graph_utils import (
     producer,
     shape_of,
 )
-
-
-class NoMatch(Exception):
-    """Not of the expected form. The message says what was found instead; it is reported only
-    when the subgraph has the SASE modulation signature (see `match.modulation_groups`)."""
-
-
-class NearMiss(Exception):
-    """A SASE-shaped block the rule cannot rewrite exactly (match returns a Decline)."""
+from sase_deploy.rewrite.rule import NoMatch
 
 
 @dataclass
@@ -106,7 +99,7 @@ def chunk_of(tensor: gs.Tensor) -> Chunk:
 def _split_chunk(node: gs.Node, tensor: gs.Tensor) -> Chunk:
     source = node.inputs[0]
     if int(node.attrs.get("axis", 0)) not in (1, -3):
-        raise NearMiss("the groups are split along an axis other than channels")
+        raise NoMatch.near("the groups are split along an axis other than channels")
     sizes = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if sizes is None and "split" in node.attrs:
         sizes = np.asarray(node.attrs["split"])
@@ -114,7 +107,7 @@ def _split_chunk(node: gs.Node, tensor: gs.Tensor) -> Chunk:
     total = shape[1] if shape is not None and len(shape) == 4 else None
     if sizes is None:
         if total is None or total % len(node.outputs):
-            raise NearMiss("the source channel count is unknown or not divisible by G")
+            raise NoMatch.near("the source channel count is unknown or not divisible by G")
         sizes = np.full(len(node.outputs), total // len(node.outputs))
     widths = [int(s) for s in np.asarray(sizes).reshape(-1)]
     index = next(i for i, t in enumerate(node.outputs) if t is tensor)
@@ -126,7 +119,7 @@ def _slice_chunk(node: gs.Node) -> Chunk:
     source = node.inputs[0]
     shape = shape_of(source)
     if shape is None or len(shape) != 4 or shape[1] is None:
-        raise NearMiss("the source of the channel slices has no static channel count")
+        raise NoMatch.near("the source of the channel slices has no static channel count")
     values = [const_value(t) for t in node.inputs[1:5]]
     starts, ends = values[0], values[1]
     axes = values[2] if len(values) > 2 and values[2] is not None else np.array([0])
@@ -147,12 +140,12 @@ def _slice_chunk(node: gs.Node) -> Chunk:
 def _conv_layer(node: gs.Node) -> Layer:
     weight = const_value(node.inputs[1])
     if weight is None or weight.ndim != 4:
-        raise NearMiss("a mask conv has non-constant weights")
+        raise NoMatch.near("a mask conv has non-constant weights")
     if int(node.attrs.get("group", 1)) != 1:
-        raise NearMiss("a mask conv is already grouped")
+        raise NoMatch.near("a mask conv is already grouped")
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     if auto_pad not in ("NOTSET", b"NOTSET"):
-        raise NearMiss("a mask conv uses auto_pad")
+        raise NoMatch.near("a mask conv uses auto_pad")
     bias = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
     if bias is None:
         bias = np.zeros(weight.shape[0], dtype=np.float32)
@@ -169,7 +162,7 @@ def with_bn(layer: Layer, bn: gs.Node | None) -> Layer:
         return layer
     params = batchnorm_params(bn)
     if params is None:
-        raise NearMiss("a BatchNormalization in a branch is in training mode or not constant")
+        raise NoMatch.near("a BatchNormalization in a branch is in training mode or not constant")
     weight, bias = fold_batchnorm(layer.weight, layer.bias, params)
     return Layer(weight, bias, layer.attrs)
 

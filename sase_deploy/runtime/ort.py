@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from sase_deploy.engines.base import Feed, InputMetadata, Outputs, Runner, cpu_threads
 from sase_deploy.errors import UserError, first_line
+from sase_deploy.runtime.base import Feed, InputMetadata, Outputs, Runner, cpu_threads
 
 # ORT's "tensor(float)" element names -> numpy (bfloat16 has none: its dtype is not checked)
 _ORT_DTYPES = {

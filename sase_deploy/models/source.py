@@ -4,6 +4,9 @@ MODEL is one of:
 - a registered name (`se_resnet50`): built by the registry, inputs from its `ModelSpec`;
 - `package.module:factory`: a callable returning an `nn.Module`, called with `--model-arg`s;
 - a TorchScript file (`*.pt`, `*.ts`, `*.pth` saved by `torch.jit.save`): needs `--input-shape`.
+
+`load_weights` then puts a checkpoint into it. `export`, `compare`'s PyTorch reference and
+`deploy` build MODEL through these two, so all three see the same network.
 """
 
 from __future__ import annotations
@@ -226,3 +229,40 @@ def _resolve_inputs(
     if len({s.name for s in specs}) != len(specs):
         raise UserError(f"input names must differ, got {[s.name for s in specs]}")
     return tuple(specs)
+
+
+def load_weights(
+    source: ModelSource,
+    checkpoint: str | Path | None,
+    key: str | None,
+    use_ema: bool,
+    unsafe_load: bool,
+) -> dict[str, Any] | None:
+    """Load `checkpoint` (if given) into `source.module`, bake spectral norm, switch to eval.
+
+    Returns the checkpoint report (None without a checkpoint). Shared by export and compare.
+
+    Args:
+        source: the resolved MODEL (`resolve_model`).
+        checkpoint: a torch.save file, or None to keep the module's own weights.
+        key: the container key holding the state dict (e.g. `g_ema`).
+        use_ema: load the EMA copy when the checkpoint has one.
+        unsafe_load: allow pickled code (trusted files only).
+    """
+    from sase_deploy.models.checkpoint import bake_spectral_norm, load_checkpoint
+
+    report = None
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise UserError(f"checkpoint '{checkpoint}' does not exist; check the -c path")
+        if source.kind == "torchscript":
+            raise UserError("a TorchScript file carries its weights; drop -c/--checkpoint")
+        report = load_checkpoint(
+            source.module, checkpoint, key=key, use_ema=use_ema, unsafe_load=unsafe_load
+        ).to_dict()
+    if source.kind != "torchscript":
+        baked = bake_spectral_norm(source.module)
+        if baked and report is not None:
+            report["spectral_norm_baked"] = [*report["spectral_norm_baked"], *baked]
+    source.module.eval()
+    return report

@@ -9,13 +9,19 @@ Non-finite values are not dropped: a NaN anywhere makes max / mean / relative er
 makes them Inf (or NaN), and `worst_relative` is Inf as soon as one output is not finite. Callers
 that compare only the finite parts (the rewrite self-check) zero the rest before calling.
 
-Used by the parity report (`sase_deploy.report.metrics`, which adds cosine, histograms and task
-metrics on top), by export parity (`sase_deploy.export.parity`) and by the fusion pass's
-numerical self-check (`sase_deploy.rewrite.self_check`).
+Used by the parity report (`sase_deploy.report.metrics`, which adds cosine, histograms and the
+other task metrics on top), by export parity (`sase_deploy.export.parity`) and by the fusion
+pass's numerical self-check (`sase_deploy.rewrite.self_check`).
+
+The task metrics two stages share live here too, once: `psnr` (the report's generator metric and
+calibration's sensitivity score) and `top1_agreement` / `top1` (the report's classifier metric
+and calibration's sensitivity score without labels). A row of logits holding NaN/Inf predicts
+no class (-1), so it never agrees with the reference nor matches a label.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -130,3 +136,47 @@ def worst_relative(diffs: list[OutputDiff]) -> float:
     if any(not d.finite for d in diffs):
         return float("inf")
     return max((d.rel_max_abs for d in diffs), default=0.0)
+
+
+def data_range(ref: np.ndarray) -> float:
+    """The reference's dynamic range (max - min): PSNR's peak (and SSIM's L); 1.0 when flat."""
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    return span if span > 0 else 1.0
+
+
+def psnr(ref: np.ndarray, got: np.ndarray, span: float) -> float | None:
+    """Peak signal-to-noise ratio in dB over the whole batch (inf when identical).
+
+    Args:
+        ref: the reference's values.
+        got: the compared run's values, with `ref`'s shape.
+        span: the peak, usually `data_range(ref)`.
+
+    Returns None when there is no finite PSNR to speak of: `got` holds NaN/Inf, or the mean
+    squared error itself is not finite (a NaN/Inf reference, or errors that overflow float64).
+    """
+    g = got.astype(np.float64)
+    if not np.all(np.isfinite(g)):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        mse = float(np.mean((ref.astype(np.float64) - g) ** 2))
+    if not math.isfinite(mse):
+        return None
+    return float("inf") if mse == 0 else 10.0 * math.log10(span * span / mse)
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    """The predicted class of each sample (axis 0); -1 where a sample's logits hold NaN/Inf."""
+    flat = logits.reshape(len(logits), -1)
+    return np.where(np.isfinite(flat).all(axis=1), flat.argmax(axis=1), -1)
+
+
+def top1_agreement(ref_logits: np.ndarray, got_logits: np.ndarray) -> float:
+    """The fraction of samples whose top-1 class matches the reference's (0..1).
+
+    Args:
+        ref_logits: the reference's logits, samples along axis 0 (its argmax, unguarded).
+        got_logits: the compared run's logits, same samples; a non-finite row never agrees.
+    """
+    ref_top1 = ref_logits.reshape(len(ref_logits), -1).argmax(axis=1)
+    return float(np.mean(ref_top1 == top1(got_logits)))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sase_deploy.engines.base import Feed, Outputs, Runner, cpu_threads
+from sase_deploy.runtime.base import Feed, Outputs, Runner, cpu_threads
 
 if TYPE_CHECKING:  # torch is imported when a runner is made
     import torch
