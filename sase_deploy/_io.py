@@ -187,14 +187,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(dest)
     with output_folder(dest.parent, dest):
         sweep_stale_temps(dest.parent)
-        try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent
-            )
-        except OSError as exc:
-            raise output_error(dest, exc) from exc
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = _temp_beside(dest, ".tmp")
         try:
             yield tmp_path
             give_default_permissions(tmp_path)
@@ -219,14 +212,18 @@ def check_writable(*dests: str | os.PathLike[str]) -> None:
             stack.callback(_remove_dirs, created)
             if dest.is_dir():
                 raise output_error(dest, IsADirectoryError(errno.EISDIR, "Is a directory"))
-            try:
-                fd, probe = tempfile.mkstemp(
-                    prefix=temp_prefix(dest.name), suffix=".probe", dir=dest.parent
-                )
-            except OSError as exc:
-                raise output_error(dest, exc) from exc
-            os.close(fd)
-            os.unlink(probe)
+            _temp_beside(dest, ".probe").unlink()
+
+
+def _temp_beside(dest: Path, suffix: str) -> Path:
+    """An empty file beside `dest` named after it (`temp_prefix`); `UserError` naming `dest`
+    where none can be made."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
+    except OSError as exc:
+        raise output_error(dest, exc) from exc
+    os.close(fd)
+    return Path(tmp)
 
 
 def give_default_permissions(path: str | os.PathLike[str]) -> None:

@@ -97,3 +97,53 @@ def test_per_layer_needs_an_onnx_reference(digits_int8, run_cli) -> None:  # typ
     res = run_cli("compare", "se_resnet_digits", str(int8), "--per-layer")
     assert res.code == 2
     assert "--per-layer compares layers of two ONNX files" in res.stderr
+
+
+def test_failing_candidates_get_per_layer_in_deploy_mode(digits_int8, tmp_path: Path) -> None:
+    """`deploy` asks for `failing`: only the candidate that fails gets the per-layer entry, the
+    FP32 ONNX candidate being the one its layers are compared with."""
+    from sase_deploy.models.spec import ModelOptions
+    from sase_deploy.report.api import CompareOptions, compare
+    from sase_deploy.report.candidates import resolve_candidates
+    from sase_deploy.report.reference import load_reference
+
+    fp32, int8 = digits_int8
+    _perturbed(int8, tmp_path / "bad.int8.onnx")
+    found = resolve_candidates([fp32, int8, tmp_path / "bad.int8.onnx"])
+    reference = load_reference("se_resnet_digits", ModelOptions())
+    options = CompareOptions(samples=64, runs=1, warmup=0, batches=(8,), per_layer="failing")
+    rows = {c["name"]: c for c in compare(reference, found, options)["candidates"]}
+    assert rows["bad.int8.onnx"]["status"] == "fail"
+    assert rows["bad.int8.onnx"]["per_layer"]["reference"] == str(fp32)
+    assert "per_layer" not in rows[int8.name] and "per_layer" not in rows[fp32.name]
+
+
+def test_per_layer_ranking_puts_the_broken_conv_first(digits_int8, tmp_path: Path) -> None:
+    """`calibrate --auto-keep-rank per-layer`: one comparison ranks the layers; the Conv whose
+    weights were broken adds the most error at its own output and comes first."""
+    from sase_deploy.calibration.sensitivity import per_layer_ranking
+
+    fp32, int8 = digits_int8
+    conv_out = _perturbed(int8, tmp_path / "bad.int8.onnx")
+    reference = onnx.load(fp32)
+    convs = [n.name for n in reference.graph.node if n.op_type == "Conv"]
+    broken = next(n.name for n in reference.graph.node if conv_out in n.output)
+    rank = per_layer_ranking(
+        reference, onnx.load(tmp_path / "bad.int8.onnx"), {"x": _digits_batch()}
+    )
+    assert rank(convs)[0] == broken
+    assert sorted(rank(convs)) == sorted(convs)
+
+
+def test_cli_auto_keep_per_layer(digits_int8, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    from sase_deploy.models.digits_data import write_digits_npz
+
+    fp32, _ = digits_int8
+    data = str(write_digits_npz(tmp_path / "calib.npz", "calibration"))
+    res = run_cli("calibrate", str(fp32), "--data", data, "--samples", "64", "--auto-keep", "0",
+                  "--auto-keep-rank", "per-layer", "--eval-samples", "64", "-o",
+                  str(tmp_path / "out"), "--json")  # fmt: skip
+    assert res.code == 0, res.stderr
+    auto = res.json()["auto_keep"]
+    assert auto["met"] and auto["per_node"] == {}  # no evaluation per layer
+    assert set(auto["kept"]) <= set(res.json()["kept_float"])

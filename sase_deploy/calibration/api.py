@@ -26,7 +26,12 @@ from sase_deploy.calibration.fp16 import convert_fp16, fp16_around_qdq, fp16_kee
 from sase_deploy.calibration.options import CalibrateOptions, ConvertOptions, PrecisionOptions
 from sase_deploy.calibration.qdq import quantize_qdq, small_weighted_nodes
 from sase_deploy.calibration.ranges import TensorRanges, collect_ranges
-from sase_deploy.calibration.sensitivity import AutoKeepResult, Evaluator, auto_keep
+from sase_deploy.calibration.sensitivity import (
+    AutoKeepResult,
+    Evaluator,
+    auto_keep,
+    per_layer_ranking,
+)
 from sase_deploy.calibration.sources import (
     CalibrationSource,
     FixedBatchSource,
@@ -267,12 +272,14 @@ def _int8_nodes(
     if tolerance is not None:
         with timer.stage("sensitivity"):
             evaluator = _evaluator(named, source, options)
-            auto = auto_keep(
-                candidates,
-                lambda lowered: _quantize(named, ranges, lowered, options.high_precision),
-                evaluator,
-                tolerance,
-            )  # fmt: skip
+
+            def lowered(nodes: set[str]) -> onnx.ModelProto:
+                return _quantize(named, ranges, nodes, options.high_precision)
+
+            ranking = None
+            if options.auto_keep_rank == "per-layer":
+                ranking = per_layer_ranking(named, lowered(candidates), evaluator.feeds[0])
+            auto = auto_keep(candidates, lowered, evaluator, tolerance, ranking)
             candidates -= set(auto.kept)
             kept.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})
     return candidates, kept, auto

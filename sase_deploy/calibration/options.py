@@ -38,7 +38,10 @@ class PrecisionOptions:
     eval_samples: int = 256
 
 
-HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 models compute where they are not quantised
+# what INT8 models compute where they are not quantised
+HIGH_PRECISIONS = ("fp16", "fp32")
+# how --auto-keep finds the most harmful layers
+AUTO_KEEP_RANKS = ("sensitivity", "per-layer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,10 @@ class CalibrateOptions(PrecisionOptions):
             19) or "fp32" (the float graph as it was).
         min_channels: leave Conv/Gemm/MatMul with fewer channels than this unquantised
             (`qdq.small_weighted_nodes`; 0: quantise every one).
+        auto_keep_rank: how `--auto-keep` orders the layers, most harmful first:
+            "sensitivity" (each scored quantised alone: one evaluation per layer) or
+            "per-layer" (the error each layer's output adds, from one run of the fully
+            quantised model against FP32: `sensitivity.per_layer_ranking`).
     """
 
     samples: int | None = 512
@@ -66,6 +73,7 @@ class CalibrateOptions(PrecisionOptions):
     trt_version: str = trt_cache.DEFAULT_TRT_VERSION
     high_precision: str = "fp16"
     min_channels: int = 0
+    auto_keep_rank: str = "sensitivity"
 
     def validate(self) -> None:
         """Raise `UserError` for a value calibration cannot use, before any work."""
@@ -80,6 +88,10 @@ class CalibrateOptions(PrecisionOptions):
         trt_cache.trt_version_code(self.trt_version)
         if self.min_channels < 0:
             raise UserError(f"--min-channels {self.min_channels}: give 0 or a positive count")
+        if self.auto_keep_rank not in AUTO_KEEP_RANKS:
+            raise UserError(
+                f"--auto-keep-rank {self.auto_keep_rank}: choose {' or '.join(AUTO_KEEP_RANKS)}"
+            )
         if self.high_precision not in HIGH_PRECISIONS:
             raise UserError(
                 f"--high-precision {self.high_precision}: choose {' or '.join(HIGH_PRECISIONS)}"

@@ -29,6 +29,7 @@ from sase_deploy.calibration.sources import CalibrationSource
 from sase_deploy.console import progress
 from sase_deploy.runtime.compare import data_range, psnr, top1, top1_agreement
 from sase_deploy.runtime.ort import OrtRunner
+from sase_deploy.runtime.per_layer import layer_errors
 from sase_deploy.vocabulary import Task
 
 
@@ -136,10 +137,13 @@ def auto_keep(
     build: Callable[[set[str]], onnx.ModelProto],
     evaluator: Evaluator,
     tolerance: float,
+    ranking: Callable[[list[str]], list[str]] | None = None,
 ) -> AutoKeepResult:
     """Fewest candidates to keep in high precision so that `build(lowered)` meets `tolerance`.
 
     `build(lowered)` returns the model with exactly the nodes in `lowered` at low precision.
+    `ranking` orders the nodes most harmful first in one go (`per_layer_ranking`); without it
+    each node is scored lowered alone (`per_node`), one evaluation per node.
     """
     nodes = sorted(set(candidates))
     baseline = evaluator.baseline()
@@ -148,13 +152,16 @@ def auto_keep(
     kept: list[str] = []
     final = everything
     if not evaluator.meets(everything, tolerance):
-        with progress() as bar:
-            task = bar.add_task("sensitivity", total=len(nodes))
-            for node in nodes:
-                per_node[node] = evaluator.score(build({node}))
-                bar.advance(task)
-        # most harmful first: lowest score when lowered alone
-        ranked = sorted(nodes, key=lambda n: (per_node[n], n))
+        if ranking is not None:
+            ranked = ranking(nodes)
+        else:
+            with progress() as bar:
+                task = bar.add_task("sensitivity", total=len(nodes))
+                for node in nodes:
+                    per_node[node] = evaluator.score(build({node}))
+                    bar.advance(task)
+            # most harmful first: lowest score when lowered alone
+            ranked = sorted(nodes, key=lambda n: (per_node[n], n))
         for count in range(1, len(ranked) + 1):
             kept = ranked[:count]
             final = evaluator.score(build(set(nodes) - set(kept)))
@@ -170,3 +177,25 @@ def auto_keep(
         kept=kept,
         per_node=per_node,
     )
+
+
+def per_layer_ranking(
+    fp32: onnx.ModelProto, lowered: onnx.ModelProto, feed: dict[str, np.ndarray]
+) -> Callable[[list[str]], list[str]]:
+    """An `auto_keep` ranking from one per-layer comparison (`runtime.per_layer`) of the model
+    with every candidate lowered against FP32: a node ranks by the error its output adds (its
+    jump; a non-finite one first), so the search needs no evaluation per node.
+
+    Args:
+        fp32: the float model (node names as the candidates'), `lowered` its low-precision copy.
+        feed: one batch of inputs.
+    """
+    found = layer_errors(fp32, lowered, feed)
+    jump = {layer.tensor: layer.jump for layer in found.layers}
+    output = {node.name: node.output[0] for node in fp32.graph.node if node.output}
+
+    def harm(name: str) -> float:
+        value = jump.get(output.get(name, ""), 0.0)
+        return math.inf if not math.isfinite(value) else value
+
+    return lambda nodes: sorted(nodes, key=lambda n: (-harm(n), n))

@@ -109,6 +109,9 @@ def build_command(
             f"  {summary['layers']} layers ({types}); "
             f"{summary['engine_bytes'] / 1e6:.1f} MB; built in {summary['build_seconds']:.2f} s"
         )
+        if summary["compute_dtypes"]:
+            computed = ", ".join(f"{k} {v}" for k, v in summary["compute_dtypes"].items())
+            click.echo(f"  layers computing in: {computed}")
     if result.backend == "tensorrt-rtx":
         click.echo("  runs with the TensorRT-RTX runtime on a GPU of that compute capability")
     if result.backend == "bundle":

@@ -68,6 +68,12 @@ from sase_deploy.console import stage_progress
 )
 @eval_samples_option("Samples used by --auto-keep.")
 @click.option(
+    "--auto-keep-rank", type=click.Choice(["sensitivity", "per-layer"]), default="sensitivity",
+    show_default=True,
+    help="How --auto-keep finds the most harmful layers: each one quantised alone "
+    "(sensitivity), or the error each adds in one run of the quantised model (per-layer).",
+)  # fmt: skip
+@click.option(
     "--trt-version",
     default="10.3.0",
     show_default=True,
@@ -88,6 +94,7 @@ def calibrate_command(
     min_channels: int,
     auto_keep: float | None,
     eval_samples: int,
+    auto_keep_rank: str,
     trt_version: str,
     model_name: str | None,
     preprocess: dict[str, Any],
@@ -117,6 +124,7 @@ def calibrate_command(
         trt_version=trt_version,
         high_precision=high_precision,
         min_channels=min_channels,
+        auto_keep_rank=auto_keep_rank,
     )
     with stage_progress() as progress:
         result = calibrate_onnx(model_path, data, output_dir, options, progress=progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,21 @@ class BuildResult:
             "layers": made.layers,
             "layer_types": made.layer_types,
             "tensor_dtypes": made.tensor_dtypes,
+            "compute_dtypes": compute_dtypes(made.layer_table),
         }
+
+
+def compute_dtypes(layer_table: list[dict[str, Any]] | None) -> dict[str, int] | None:
+    """Layers of the parsed network by the type they compute in (their first output's),
+    constants aside: what a strongly typed builder runs in INT8 / FP16 / FP32."""
+    if layer_table is None:
+        return None
+    counts = Counter(
+        layer["dtypes"][0]
+        for layer in layer_table
+        if layer["type"] != "CONSTANT" and layer["dtypes"]
+    )
+    return dict(counts.most_common())
 
 
 def _input_profile(

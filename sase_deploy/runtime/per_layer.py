@@ -14,6 +14,7 @@ afford; onnx-graphsurgeon marks the outputs here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -158,8 +159,15 @@ def per_layer_errors(
         candidate: its FP16 / INT8 version.
         feed: one batch of inputs, by input name (at most `MAX_SAMPLES` of it are used).
     """
-    ref_model = infer_shapes(load_onnx(Path(reference)))
-    cand_model = infer_shapes(load_onnx(Path(candidate)))
+    found = layer_errors(load_onnx(Path(reference)), load_onnx(Path(candidate)), feed)
+    return dataclasses.replace(found, reference=str(reference))
+
+
+def layer_errors(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: Mapping[str, np.ndarray]
+) -> PerLayer:
+    """`per_layer_errors` of two models in memory (`reference` is named by its graph)."""
+    ref_model, cand_model = infer_shapes(reference), infer_shapes(candidate)
     names = shared_tensors(ref_model, cand_model)
     feed = {k: v[:MAX_SAMPLES] for k, v in feed.items()}
     ref_out = _run_marked(ref_model, names, feed)
@@ -172,7 +180,7 @@ def per_layer_errors(
         carried = max((errors[p] for p in parents[name]), default=0.0)
         depth, node = made[name]
         layers.append(LayerError(name, node.op_type, depth, errors[name], errors[name] - carried))
-    return PerLayer(str(reference), tuple(layers), _first_divergence(layers))
+    return PerLayer(ref_model.graph.name, tuple(layers), _first_divergence(layers))
 
 
 def _first_divergence(layers: list[LayerError]) -> str | None:
