@@ -8,7 +8,10 @@ it?") and get the same answer from here:
   which pools count and how small a pooled map must be: `gate_walk`, docs/fuse.md). Its kind
   (`se`, `sle`, `spse`, `rgse`, `eca`, `cbam_channel`, `se_like`) is `classify_kind`'s;
 - a *SASE/SLIM block* (kind `sase`) is what the `sase_group` matcher reads; its gate paths are
-  the G style branches (pooled descriptor -> MLP), each walked back like a channel gate.
+  the G style branches (pooled descriptor -> MLP), each walked back like a channel gate. A
+  block already in the `sase_group` rule's canonical form (what `export` writes and `deploy`
+  calibrates: `MatMul(Transpose(Reshape(styles)), Reshape(masks))`, the G styles one batched
+  MLP) is found by that MatMul, its styles walked back the same way.
 
 A gate's `path` is every node from its pooling up to the gate value, in topological order (the
 pools included, the Mul that applies the gate not): what calibration keeps in float unless
@@ -24,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from sase_deploy.rewrite.gate_analysis import analyse_gate, classify_kind
 from sase_deploy.rewrite.gate_walk import GateWalker
-from sase_deploy.rewrite.graph_utils import import_graph
+from sase_deploy.rewrite.graph_utils import import_graph, producer
 from sase_deploy.rewrite.rule import BlockKind, NoMatch
 from sase_deploy.rewrite.rules.sase.match import ANCHOR_OPS, match_sase
 
@@ -76,7 +79,40 @@ def sase_gates(graph: gs.Graph) -> list[Gate]:
     return gates
 
 
+def _through(tensor: gs.Tensor, *ops: str) -> gs.Tensor | None:
+    """The tensor `ops` (outermost first) were applied to, if `tensor` is made by exactly them."""
+    for op in ops:
+        node = producer(tensor)
+        if node is None or node.op != op:
+            return None
+        tensor = node.inputs[0]
+    return tensor
+
+
+def canonical_sase_gates(graph: gs.Graph) -> list[Gate]:
+    """SASE blocks in the canonical fused form: the MatMul of the transposed styles with the
+    sigmoid masks, the styles computed from pooled statistics only (the batched style MLP)."""
+    gates = []
+    for node in graph.nodes:
+        if node.op != "MatMul" or len(node.inputs) != 2:
+            continue
+        styles = _through(node.inputs[0], "Transpose", "Reshape")
+        masks = _through(node.inputs[1], "Reshape")
+        if styles is None or masks is None or producer(masks) is None:
+            continue
+        if producer(masks).op not in ("Sigmoid", "HardSigmoid"):  # type: ignore[union-attr]
+            continue
+        walker = GateWalker()
+        if walker.classify(styles) != "vector" or walker.problem is not None:
+            continue
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        path = tuple(n.name for n in sorted(walker.nodes.values(), key=lambda n: order[id(n)]))
+        gates.append(Gate("sase", f"sase_group:{node.name}", path))
+    return gates
+
+
 def find_gates(model: onnx.ModelProto) -> list[Gate]:
-    """Channel gates, then SASE blocks, of `model` (shape-inferred and imported here)."""
+    """Channel gates, then SASE blocks (as written by models, or fused), of `model`
+    (shape-inferred and imported here)."""
     graph = import_graph(model)
-    return channel_gates(graph) + sase_gates(graph)
+    return channel_gates(graph) + sase_gates(graph) + canonical_sase_gates(graph)
