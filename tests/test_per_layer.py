@@ -128,11 +128,10 @@ def test_per_layer_ranking_puts_the_broken_conv_first(digits_int8, tmp_path: Pat
     reference = onnx.load(fp32)
     convs = [n.name for n in reference.graph.node if n.op_type == "Conv"]
     broken = next(n.name for n in reference.graph.node if conv_out in n.output)
-    rank = per_layer_ranking(
-        reference, onnx.load(tmp_path / "bad.int8.onnx"), {"x": _digits_batch()}
-    )
-    assert rank(convs)[0] == broken
-    assert sorted(rank(convs)) == sorted(convs)
+    rank = per_layer_ranking(reference, {"x": _digits_batch()})
+    ranked = rank(convs, onnx.load(tmp_path / "bad.int8.onnx"))
+    assert ranked[0] == broken
+    assert sorted(ranked) == sorted(convs)
 
 
 def test_cli_auto_keep_per_layer(digits_int8, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]

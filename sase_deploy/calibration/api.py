@@ -218,9 +218,11 @@ def calibrate_onnx(
         named, source, opts.method, run_batch, opts.percentile, progress=progress
     )
     timer.timings.update({f"ranges_{k}": v for k, v in ranges.timings.items()})
-    candidates, kept, auto = _int8_nodes(named, source, ranges, opts, timer)
+    # FP16 around INT8: `convert`'s keep-list, ranges included, found once for every quantising
+    fp16_keep = None if opts.high_precision == "fp32" else fp16_keep_list(named, amax=ranges.amax)
+    candidates, kept, auto = _int8_nodes(named, source, ranges, fp16_keep, opts, timer)
     with timer.stage("quantize"):
-        quantized = _quantize(named, ranges, candidates, opts.high_precision)
+        quantized = _quantize(named, ranges, candidates, fp16_keep)
 
     tensor_names = graph.float_tensor_names(named)
     cache_amax = {k: v for k, v in ranges.amax.items() if k in tensor_names}
@@ -236,20 +238,22 @@ def calibrate_onnx(
 
 
 def _quantize(
-    named: onnx.ModelProto, ranges: TensorRanges, nodes: set[str], high_precision: str
+    named: onnx.ModelProto,
+    ranges: TensorRanges,
+    nodes: set[str],
+    fp16_keep: Mapping[str, str] | None,
 ) -> onnx.ModelProto:
-    """Q/DQ in front of `nodes`; the rest in FP16 (`fp16_around_qdq`) unless `high_precision`
-    is fp32. The FP16 keep-list is the one `convert` uses, ranges included."""
+    """Q/DQ in front of `nodes`; the rest in FP16 (`fp16_around_qdq`) but `fp16_keep`, or as
+    it was (FP32) when `fp16_keep` is None (`--high-precision fp32`)."""
     quantized = quantize_qdq(named, ranges, nodes)
-    if high_precision == "fp32":
-        return quantized
-    return fp16_around_qdq(quantized, fp16_keep_list(named, amax=ranges.amax))
+    return quantized if fp16_keep is None else fp16_around_qdq(quantized, fp16_keep)
 
 
 def _int8_nodes(
     named: onnx.ModelProto,
     source: CalibrationSource,
     ranges: TensorRanges,
+    fp16_keep: Mapping[str, str] | None,
     options: CalibrateOptions,
     timer: StageTimer,
 ) -> tuple[set[str], dict[str, str], AutoKeepResult | None]:
@@ -274,11 +278,11 @@ def _int8_nodes(
             evaluator = _evaluator(named, source, options)
 
             def lowered(nodes: set[str]) -> onnx.ModelProto:
-                return _quantize(named, ranges, nodes, options.high_precision)
+                return _quantize(named, ranges, nodes, fp16_keep)
 
             ranking = None
             if options.auto_keep_rank == "per-layer":
-                ranking = per_layer_ranking(named, lowered(candidates), evaluator.feeds[0])
+                ranking = per_layer_ranking(named, evaluator.feeds[0])
             auto = auto_keep(candidates, lowered, evaluator, tolerance, ranking)
             candidates -= set(auto.kept)
             kept.update({n: f"auto-keep: {auto.metric} sensitivity" for n in auto.kept})

@@ -137,23 +137,25 @@ def auto_keep(
     build: Callable[[set[str]], onnx.ModelProto],
     evaluator: Evaluator,
     tolerance: float,
-    ranking: Callable[[list[str]], list[str]] | None = None,
+    ranking: Callable[[list[str], onnx.ModelProto], list[str]] | None = None,
 ) -> AutoKeepResult:
     """Fewest candidates to keep in high precision so that `build(lowered)` meets `tolerance`.
 
     `build(lowered)` returns the model with exactly the nodes in `lowered` at low precision.
-    `ranking` orders the nodes most harmful first in one go (`per_layer_ranking`); without it
-    each node is scored lowered alone (`per_node`), one evaluation per node.
+    `ranking(nodes, all_lowered)` orders the nodes most harmful first in one go from the model
+    with all of them lowered (`per_layer_ranking`); without it each node is scored lowered alone
+    (`per_node`), one evaluation per node.
     """
     nodes = sorted(set(candidates))
     baseline = evaluator.baseline()
-    everything = evaluator.score(build(set(nodes)))
+    all_lowered = build(set(nodes))
+    everything = evaluator.score(all_lowered)
     per_node: dict[str, float] = {}
     kept: list[str] = []
     final = everything
     if not evaluator.meets(everything, tolerance):
         if ranking is not None:
-            ranked = ranking(nodes)
+            ranked = ranking(nodes, all_lowered)
         else:
             with progress() as bar:
                 task = bar.add_task("sensitivity", total=len(nodes))
@@ -180,22 +182,25 @@ def auto_keep(
 
 
 def per_layer_ranking(
-    fp32: onnx.ModelProto, lowered: onnx.ModelProto, feed: dict[str, np.ndarray]
-) -> Callable[[list[str]], list[str]]:
+    fp32: onnx.ModelProto, feed: dict[str, np.ndarray]
+) -> Callable[[list[str], onnx.ModelProto], list[str]]:
     """An `auto_keep` ranking from one per-layer comparison (`runtime.per_layer`) of the model
     with every candidate lowered against FP32: a node ranks by the error its output adds (its
     jump; a non-finite one first), so the search needs no evaluation per node.
 
     Args:
-        fp32: the float model (node names as the candidates'), `lowered` its low-precision copy.
+        fp32: the float model (node names as the candidates').
         feed: one batch of inputs.
     """
-    found = layer_errors(fp32, lowered, feed)
-    jump = {layer.tensor: layer.jump for layer in found.layers}
     output = {node.name: node.output[0] for node in fp32.graph.node if node.output}
 
-    def harm(name: str) -> float:
-        value = jump.get(output.get(name, ""), 0.0)
-        return math.inf if not math.isfinite(value) else value
+    def rank(nodes: list[str], lowered: onnx.ModelProto) -> list[str]:
+        jump = {layer.tensor: layer.jump for layer in layer_errors(fp32, lowered, feed).layers}
 
-    return lambda nodes: sorted(nodes, key=lambda n: (-harm(n), n))
+        def harm(name: str) -> float:
+            value = jump.get(output.get(name, ""), 0.0)
+            return math.inf if not math.isfinite(value) else value
+
+        return sorted(nodes, key=lambda n: (-harm(n), n))
+
+    return rank
