@@ -59,6 +59,12 @@ def channel_gates(graph: gs.Graph) -> list[Gate]:
     return gates
 
 
+def _walked_path(graph: gs.Graph, walker: GateWalker) -> tuple[str, ...]:
+    """The nodes a walk recorded, by name, in the graph's (topological) order."""
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    return tuple(n.name for n in sorted(walker.nodes.values(), key=lambda n: order[id(n)]))
+
+
 def sase_gates(graph: gs.Graph) -> list[Gate]:
     """Every SASE/SLIM block the `sase_group` matcher reads, its style branches as the path."""
     gates = []
@@ -72,10 +78,8 @@ def sase_gates(graph: gs.Graph) -> list[Gate]:
         walker = GateWalker()
         for style in match.captures.styles:
             walker.classify(style.vector)
-        order = {id(n): i for i, n in enumerate(graph.nodes)}
-        path = tuple(n.name for n in sorted(walker.nodes.values(), key=lambda n: order[id(n)]))
         output = match.block_output or f"sase_group:{match.anchor}"
-        gates.append(Gate("sase", output, path))
+        gates.append(Gate("sase", output, _walked_path(graph, walker)))
     return gates
 
 
@@ -105,9 +109,7 @@ def canonical_sase_gates(graph: gs.Graph) -> list[Gate]:
         walker = GateWalker()
         if walker.classify(styles) != "vector" or walker.problem is not None:
             continue
-        order = {id(n): i for i, n in enumerate(graph.nodes)}
-        path = tuple(n.name for n in sorted(walker.nodes.values(), key=lambda n: order[id(n)]))
-        gates.append(Gate("sase", f"sase_group:{node.name}", path))
+        gates.append(Gate("sase", f"sase_group:{node.name}", _walked_path(graph, walker)))
     return gates
 
 
