@@ -149,13 +149,12 @@ def drop_input_qdq(model: onnx.ModelProto, inputs: dict[str, str]) -> onnx.Model
     (the Q -> DQ pair in front of it removed where nothing else reads it)."""
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     q_of = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    for node in model.graph.node:
-        tensor = inputs.get(node.name)
+    for node in (n for n in model.graph.node if n.name in inputs):
         for i, name in enumerate(node.input):
             dq = dq_of.get(name)
             q = q_of.get(dq.input[0]) if dq is not None else None
-            if tensor is not None and q is not None and q.input[0] == tensor:
-                node.input[i] = tensor
+            if q is not None and q.input[0] == inputs[node.name]:
+                node.input[i] = inputs[node.name]
     read = {name for node in model.graph.node for name in node.input}
     read |= {o.name for o in model.graph.output}
     keep = []
